@@ -4,6 +4,7 @@ The engine (``grad_cam``, ``explain_volume``, ``load_checkpoint``) is pure
 torch/numpy and works without Qt or napari.
 """
 
+from .devices import available_devices, pick_device
 from .engine import CamResult, grad_cam
 from .errors import (
     Cancelled,
@@ -19,6 +20,7 @@ from .errors import (
     UntrustedCheckpointError,
     VitcamError,
 )
+from .explain import VolumeExplanation, explain_volume
 from .methods import METHODS
 from .targets import TargetCandidate, list_targets
 from .token_grid import TokenGrid
@@ -46,6 +48,10 @@ __all__ = [
     "ViT3D",
     "ViTConfig",
     "VitcamError",
+    "VolumeExplanation",
+    "available_devices",
+    "explain_volume",
+    "pick_device",
     "grad_cam",
     "list_targets",
     "tokens_to_voxels",

@@ -126,6 +126,7 @@ def grad_cam(
     score_layer: str | nn.Module | None = None,
     layout: Layout = "auto",
     token_grid: tuple[int, int, int] | None = None,
+    out_shape: tuple[int, int, int] | None = None,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
 ) -> CamResult:
@@ -135,6 +136,8 @@ def grad_cam(
     sample. ``score_layer``: the module whose output is the class score, when
     the model's output is not (e.g. a head that ends in Tanh or softmax).
     ``layout`` and ``token_grid`` override what is read from the model.
+    ``out_shape``: the voxel shape of ``cam`` (default: the input's); another
+    shape is taken to span the same extent (the volume ``x`` was resized from).
     ``progress`` is called with each stage's name; setting ``cancel`` stops the
     run at the next module call with :class:`~napari_vitcam.errors.Cancelled`.
     """
@@ -224,7 +227,7 @@ def grad_cam(
 
             report("upsample")
             start = time.perf_counter()
-            cam = tokens_to_voxels(token_cam, token_layout.grid, mode=upsample)
+            cam = tokens_to_voxels(token_cam, token_layout.grid, out_shape, mode=upsample)
             _sync(device)
             timings["upsample"] = time.perf_counter() - start
 
