@@ -67,9 +67,9 @@ def _class_index(class_idx: int | str | None, spec: ModelSpec) -> int | None:
     raise InputError(f"unknown class {class_idx!r}: choose one of {', '.join(spec.class_names) or 'the class indices'}")
 
 
-def _spatial_shape(volume, channels: int) -> tuple[int, int, int]:
-    shape = tuple(int(s) for s in np.shape(volume))
-    return shape[-3:] if len(shape) >= 3 else shape  # prepare_input reports bad shapes
+def _spatial_shape(volume) -> tuple[int, ...]:
+    """The last three axes (prepare_input reports volumes with too few)."""
+    return tuple(int(s) for s in np.shape(volume))[-3:]
 
 
 def explain_volume(
@@ -102,7 +102,7 @@ def explain_volume(
     index = _class_index(class_idx, spec)
     torch_device = pick_device(device)
     report = progress or (lambda stage: None)
-    out_shape = _spatial_shape(volume, spec.input.channels)
+    out_shape = _spatial_shape(volume)
     timings: dict[str, float] = {}
     try:
         report("preprocess")
