@@ -4,6 +4,7 @@ The engine (``grad_cam``, ``explain_volume``, ``load_checkpoint``) is pure
 torch/numpy and works without Qt or napari.
 """
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .devices import available_devices, pick_device
 from .engine import CamResult, grad_cam
 from .errors import (
@@ -21,8 +22,10 @@ from .errors import (
     VitcamError,
 )
 from .explain import VolumeExplanation, explain_volume
+from .loaded_model import LoadedModel
 from .methods import METHODS
-from .targets import TargetCandidate, list_targets
+from .spec import InputSpec, ModelSpec, Normalization
+from .targets import TargetCandidate, list_targets, recommended_target, targets_for
 from .token_grid import TokenGrid
 from .vit import ViT3D, ViTConfig
 from .voxel_map import tokens_to_voxels
@@ -38,9 +41,13 @@ __all__ = [
     "DeviceError",
     "DeviceOutOfMemoryError",
     "InputError",
+    "InputSpec",
     "LayoutError",
+    "LoadedModel",
     "MissingExtraError",
     "ModelOutputError",
+    "ModelSpec",
+    "Normalization",
     "TargetCandidate",
     "TargetLayerError",
     "TokenGrid",
@@ -54,5 +61,9 @@ __all__ = [
     "pick_device",
     "grad_cam",
     "list_targets",
+    "load_checkpoint",
+    "recommended_target",
+    "save_checkpoint",
+    "targets_for",
     "tokens_to_voxels",
 ]

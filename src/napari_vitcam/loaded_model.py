@@ -16,7 +16,9 @@ class LoadedModel:
 
     ``sha256`` maps every file read to its digest, so an explanation can be
     traced to the exact weights. ``warnings`` lists what loading tolerated
-    (ignored keys, for example).
+    (ignored keys, for example). ``format`` says what was read: ``native``,
+    ``state-dict`` (with a factory or a spec's architecture), ``pickled-module``
+    (trusted) or ``monai-bundle``.
     """
 
     model: nn.Module
@@ -24,6 +26,7 @@ class LoadedModel:
     source: Path | None = None
     sha256: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    format: str = ""
 
     @property
     def class_names(self) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ native checkpoints (see ``docs/checkpoints.md``) and read from MONAI bundles.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
@@ -102,8 +103,29 @@ class ModelSpec:
                 architecture=str(data.get("architecture", "")),
                 arguments=dict(data.get("arguments", {})),
             )
-        except TypeError as error:
+        except CheckpointError:
+            raise
+        except (TypeError, ValueError, AttributeError) as error:
             raise CheckpointError(f"the model spec is malformed ({error}): see docs/checkpoints.md") from None
+
+    def to_json(self) -> str:
+        """The spec as JSON text; its ``arguments`` must be JSON values."""
+        try:
+            return json.dumps(self.to_dict(), sort_keys=True)
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(
+                f"the spec's arguments must be JSON values ({error}): use numbers, strings, lists and dicts"
+            ) from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelSpec":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise CheckpointError(f"the model spec is not valid JSON ({error.msg}): see docs/checkpoints.md") from None
+        if not isinstance(data, dict):
+            raise CheckpointError("the model spec is not a JSON object: see docs/checkpoints.md")
+        return cls.from_dict(data)
 
     def with_(self, **changes) -> "ModelSpec":
         return replace(self, **changes)

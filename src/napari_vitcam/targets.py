@@ -1,24 +1,38 @@
 """Which layers make good Grad-CAM targets.
 
-For a ViT: each transformer block's ``norm1`` and its output, in forward order.
-For a CNN: its last stages. A probe (one forward and one backward on an example
-input) marks the targets whose gradient is identically zero at the tokens,
-such as the last block's output of a cls-token ViT, and recommends the last
-target that has a gradient: for a cls-token ViT that is the last block's
-``norm1``, as the method write-up explains.
+For a ViT: each transformer block's ``norm1`` and the block's output, in
+forward order. For a CNN: its last stages (the model's top-level children, and
+the children of a top-level ``Sequential`` of mixed layers such as DenseNet's
+``features``) whose output is a map of more than one cell. A probe (one forward and
+one backward on an example input) orders them as the forward pass calls them,
+marks the targets whose gradient is identically zero at the tokens, such as
+the last block's output of a cls-token ViT, and recommends the last target
+that has a gradient: for a cls-token ViT that is the last block's ``norm1``,
+as the method write-up explains; for a mean-pooled ViT, the last block.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .hooks import capture_outputs, eval_mode
-from .modules import read_logits, resolve_module
-from .token_grid import as_tokens, find_patch_embedding, declared_patch_size, grid_from_patches
 from .errors import LayoutError
+from .hooks import capture_outputs, eval_mode
+from .modules import model_device, read_logits, resolve_module
+from .spec import InputSpec
+from .token_grid import TokenGrid, as_tokens, declared_patch_size, find_patch_embedding, grid_from_patches
+
+if TYPE_CHECKING:
+    from .loaded_model import LoadedModel
+
+MAX_STAGES = 4
+_CONTAINERS = (nn.Sequential, nn.ModuleList)
+_EXAMPLE_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -37,11 +51,17 @@ class TargetCandidate:
         return self.name + marks
 
 
+@dataclass(frozen=True)
+class _Probed:
+    candidate: TargetCandidate
+    ndim: int
+
+
 def find_block_list(model: nn.Module) -> tuple[str, list[str]] | None:
     """The longest ModuleList/Sequential of two or more same-class, non-leaf modules."""
     best: tuple[str, list[str]] | None = None
     for name, module in model.named_modules():
-        if not isinstance(module, (nn.ModuleList, nn.Sequential)):
+        if not isinstance(module, _CONTAINERS):
             continue
         children = list(module.named_children())
         if len(children) < 2 or len({type(c) for _, c in children}) != 1:
@@ -54,19 +74,111 @@ def find_block_list(model: nn.Module) -> tuple[str, list[str]] | None:
     return best
 
 
-def _static_candidates(model: nn.Module) -> list[tuple[str, str]]:
-    """Blocks (with their norm1) of the block list, then the model's top-level children."""
+def block_candidates(model: nn.Module) -> list[tuple[str, str]]:
+    """``(name, kind)`` for each block of the block list and its ``norm1``."""
     names = dict(model.named_modules())
     found = find_block_list(model)
     out: list[tuple[str, str]] = []
-    if found is not None:
-        for block in found[1]:
-            if f"{block}.norm1" in names:
-                out.append((f"{block}.norm1", "norm1"))
-            out.append((block, "block"))
-    taken = {name for name, _ in out}
-    out += [(name, "stage") for name, _ in model.named_children() if name not in taken]
+    for block in found[1] if found is not None else []:
+        if f"{block}.norm1" in names:
+            out.append((f"{block}.norm1", "norm1"))
+        out.append((block, "block"))
     return out
+
+
+def _is_feature_container(module: nn.Module) -> bool:
+    """A plain Sequential/ModuleList of mixed layers (DenseNet's ``features``), not a stage of like blocks."""
+    return type(module) in _CONTAINERS and len({type(c) for c in module.children()}) > 1
+
+
+def stage_candidates(model: nn.Module) -> list[tuple[str, str]]:
+    """The top-level children; a top-level Sequential of mixed layers also gives its own children."""
+    out: list[tuple[str, str]] = []
+    for name, child in model.named_children():
+        if _is_feature_container(child):
+            out += [(f"{name}.{inner}", "stage") for inner, _ in child.named_children()]
+        out.append((name, "stage"))
+    return out
+
+
+def _output_tensor(output) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+@contextmanager
+def _record_calls(modules: Mapping[str, nn.Module]) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """``(name, output)`` of every call to ``modules``, in the order the forward pass makes them."""
+    calls: list[tuple[str, torch.Tensor]] = []
+    handles = []
+    try:
+        for name, module in modules.items():
+
+            def hook(_module, _args, output, _name=name):
+                tensor = _output_tensor(output)
+                if tensor is not None:
+                    calls.append((_name, tensor))
+
+            handles.append(module.register_forward_hook(hook))
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _once_each(calls: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+    """Calls of modules that ran once, with a tensor two modules returned kept under the later name.
+
+    The later one is the outer module (``layer4`` after ``layer4.1``) or an
+    in-place op after the layer it modified (``relu`` after ``conv``), whose
+    values the tensor holds.
+    """
+    counts: dict[str, int] = {}
+    for name, _ in calls:
+        counts[name] = counts.get(name, 0) + 1
+    once = [(n, t) for n, t in calls if counts[n] == 1 and t.requires_grad]
+    last_name = {id(t): n for n, t in once}
+    return [(n, t) for n, t in once if last_name[id(t)] == n]
+
+
+def _patch_grid(model: nn.Module, input_shape: tuple[int, int, int]) -> TokenGrid | None:
+    patch = find_patch_embedding(model)
+    if patch is not None:
+        return grid_from_patches(input_shape, tuple(patch[1].stride))
+    declared = declared_patch_size(model)
+    return grid_from_patches(input_shape, declared) if declared is not None else None
+
+
+def _probe(name, kind, tensor, gradient, grid, input_shape, module) -> _Probed | None:
+    """The candidate ``name`` makes, or None when its output is not a map of more than one cell."""
+    try:
+        tokens, layout = as_tokens(tensor.detach(), grid, input_shape, module=module, name=name)
+    except LayoutError:
+        return None
+    if layout.grid.n_tokens < 2:
+        return None
+    if gradient is None:
+        zero = True
+    else:
+        grads, _ = as_tokens(gradient, grid, input_shape, layout=layout.layout, module=module, name=name)
+        zero = not bool(grads.any())
+    return _Probed(TargetCandidate(name, kind, zero), tensor.ndim)
+
+
+def _choose(probed: list[_Probed]) -> list[TargetCandidate]:
+    """The ViT's blocks when they carry tokens, else the CNN's last stages; the last with a gradient recommended."""
+    blocks = [p.candidate for p in probed if p.candidate.kind != "stage" and p.ndim == 3]
+    if blocks:
+        result = blocks
+    else:
+        result = [p.candidate for p in probed if p.candidate.kind == "stage" and p.ndim == 5][-MAX_STAGES:]
+    usable = [i for i, c in enumerate(result) if not c.zero_gradient]
+    if usable:
+        result[usable[-1]] = replace(result[usable[-1]], recommended=True)
+    return result
 
 
 def list_targets(
@@ -77,52 +189,41 @@ def list_targets(
 ) -> list[TargetCandidate]:
     """Candidate targets in forward order, probed on ``example`` (B, C, D, H, W).
 
-    Only layers whose output the engine can read as a map over the token grid
-    are listed. The recommended one is the last with a non-zero gradient.
+    Only layers whose output the engine can read as a map of more than one
+    cell over the input are listed. The recommended one is the last with a
+    non-zero gradient for the example's predicted class.
     """
-    candidates = _static_candidates(model)
-    modules = {name: resolve_module(model, name)[1] for name, _ in candidates}
-    if score_layer is not None:
-        modules["__score__"] = resolve_module(model, score_layer, "score layer")[1]
-    input_shape = tuple(example.shape[2:])
-    patch = find_patch_embedding(model)
-    declared = declared_patch_size(model)
-    if patch is not None:
-        grid = grid_from_patches(input_shape, tuple(patch[1].stride))
-    elif declared is not None:
-        grid = grid_from_patches(input_shape, declared)
-    else:
-        grid = None
-    x = example.detach().clone().requires_grad_(True)
-    with eval_mode(model), torch.inference_mode(False), torch.enable_grad(), capture_outputs(modules) as seen:
-        output = model(x)
-        logits = seen["__score__"][-1] if score_layer is not None else read_logits(output)
-        score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
-        names = [n for n, _ in candidates if len(seen[n]) == 1 and seen[n][0].requires_grad]
-        grads = torch.autograd.grad(score, [seen[n][0] for n in names], allow_unused=True)
-    result: list[TargetCandidate] = []
+    blocks = block_candidates(model)
+    taken = {name for name, _ in blocks}
+    candidates = blocks + [c for c in stage_candidates(model) if c[0] not in taken]
     kinds = dict(candidates)
-    for name, grad in zip(names, grads):
-        try:
-            tokens, _ = as_tokens(seen[name][0].detach(), grid, input_shape, module=modules[name], name=name)
-        except LayoutError:
-            continue
-        if grad is None:
-            zero = True
-        else:
-            grad_tokens, _ = as_tokens(grad, grid, input_shape, module=modules[name], name=name)
-            zero = bool((grad_tokens == 0).all())
-        result.append(TargetCandidate(name, kinds[name], zero))
-    blocks = [c for c in result if c.kind != "stage"]
-    if blocks and seen[blocks[0].name][0].ndim == 3:
-        result = blocks  # a ViT: its transformer blocks
-    else:
-        result = [c for c in result if c.kind == "stage"][-4:]  # a CNN: its last stages
-    usable = [i for i, c in enumerate(result) if not c.zero_gradient]
-    if usable:
-        best = usable[-1]
-        result[best] = TargetCandidate(result[best].name, result[best].kind, False, True)
-    return result
+    modules = {name: resolve_module(model, name)[1] for name in kinds}
+    watched = {}
+    if score_layer is not None:
+        watched["score"] = resolve_module(model, score_layer, "score layer")[1]
+    input_shape = tuple(int(s) for s in example.shape[2:])
+    grid = _patch_grid(model, input_shape)
+    x = example.detach().clone().requires_grad_(True)
+    with _probing(model, modules, watched) as (calls, seen):
+        output = model(x)
+        logits = seen["score"][-1] if score_layer is not None else read_logits(output)
+        score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+        once = _once_each(calls)
+        tensors = [t for _, t in once]
+        grads = torch.autograd.grad(score, tensors, allow_unused=True) if tensors else ()
+    probed = [
+        _probe(name, kinds[name], tensor, grad, grid, input_shape, modules[name])
+        for (name, tensor), grad in zip(once, grads)
+    ]
+    return _choose([p for p in probed if p is not None])
+
+
+@contextmanager
+def _probing(model: nn.Module, modules: Mapping[str, nn.Module], watched: Mapping[str, nn.Module]):
+    """Eval mode, grad on, and the hooks of a probe, all undone on exit."""
+    with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
+        with _record_calls(modules) as calls, capture_outputs(watched) as seen:
+            yield calls, seen
 
 
 def recommended_target(candidates: list[TargetCandidate]) -> str | None:
@@ -130,3 +231,24 @@ def recommended_target(candidates: list[TargetCandidate]) -> str | None:
         if candidate.recommended:
             return candidate.name
     return None
+
+
+def example_input(spec: InputSpec, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A reproducible standard-normal input of the spec's shape, batch 1."""
+    generator = torch.Generator().manual_seed(_EXAMPLE_SEED)
+    shape = (1, spec.channels, *spec.spatial_size)
+    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
+
+
+def _floating_dtype(model: nn.Module) -> torch.dtype:
+    for parameter in model.parameters():
+        if parameter.is_floating_point():
+            return parameter.dtype
+    return torch.float32
+
+
+def targets_for(loaded: LoadedModel) -> list[TargetCandidate]:
+    """:func:`list_targets` for a loaded model, probed on an example input built from its spec."""
+    model = loaded.model
+    example = example_input(loaded.spec.input, model_device(model), _floating_dtype(model))
+    return list_targets(model, example, score_layer=loaded.spec.score_layer)

@@ -1,0 +1,137 @@
+"""Target discovery: candidates in forward order, zero-gradient ones marked, one recommended."""
+
+import pytest
+import torch
+from torch import nn
+
+from napari_vitcam import grad_cam
+from napari_vitcam.errors import DegenerateTargetError
+from napari_vitcam.loaded_model import LoadedModel
+from napari_vitcam.spec import InputSpec, ModelSpec
+from napari_vitcam.targets import example_input, list_targets, recommended_target, targets_for
+from napari_vitcam.vit import ViT3D, ViTConfig
+
+CONFIG = ViTConfig(img_size=(16, 24, 16), patch_size=8, width=16, depth=3, heads=2, num_classes=2)
+
+
+class MeanPooledViT(ViT3D):
+    """The reference ViT read out by the mean of its patch tokens instead of the cls token."""
+
+    def forward(self, x):
+        return self.head(self.forward_features(x)[:, 1:].mean(dim=1))
+
+
+class StagedCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv3d(1, 4, 3, padding=1)
+        self.stage1 = nn.Sequential(nn.Conv3d(4, 4, 3, padding=1), nn.ReLU())
+        self.stage2 = nn.Conv3d(4, 8, 3, stride=2, padding=1)
+        self.stage3 = nn.Conv3d(8, 8, 3, padding=1)
+        self.stage4 = nn.Conv3d(8, 8, 3, stride=2, padding=1)
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.stage4(torch.relu(self.stage3(self.stage2(self.stage1(self.stem(x))))))
+        return self.head(self.pool(torch.relu(x)).flatten(1))
+
+
+@pytest.fixture
+def x():
+    return torch.randn(1, 1, 16, 24, 16, generator=torch.Generator().manual_seed(0))
+
+
+def test_cls_token_vit(x):
+    torch.manual_seed(0)
+    candidates = list_targets(ViT3D(CONFIG), x)
+    assert [c.name for c in candidates] == [
+        "blocks.0.norm1", "blocks.0", "blocks.1.norm1", "blocks.1", "blocks.2.norm1", "blocks.2",
+    ]
+    assert [c.kind for c in candidates[:2]] == ["norm1", "block"]
+    assert [c.name for c in candidates if c.zero_gradient] == ["blocks.2"]  # patch tokens after the last attention
+    assert recommended_target(candidates) == "blocks.2.norm1"
+    assert [c.label for c in candidates[-2:]] == ["blocks.2.norm1 (recommended)", "blocks.2 (zero gradient)"]
+
+
+def test_zero_gradient_mark_agrees_with_the_engine(x):
+    torch.manual_seed(0)
+    model = ViT3D(CONFIG)
+    with pytest.raises(DegenerateTargetError):
+        grad_cam(model, x, "blocks.2")
+    assert bool(grad_cam(model, x, "blocks.2.norm1").token_cam.any())
+
+
+def test_mean_pooled_vit(x):
+    torch.manual_seed(0)
+    candidates = list_targets(MeanPooledViT(CONFIG), x)
+    assert not any(c.zero_gradient for c in candidates)
+    assert recommended_target(candidates) == "blocks.2"
+
+
+def test_monai_vit_with_its_tanh_head():
+    pytest.importorskip("monai")
+    pytest.importorskip("einops")
+    from monai.networks.nets import ViT
+
+    torch.manual_seed(0)
+    model = ViT(1, (16, 16, 16), (8, 8, 8), hidden_size=16, mlp_dim=32, num_layers=2, num_heads=2,
+                classification=True, num_classes=2)
+    example = torch.randn(1, 1, 16, 16, 16)
+    candidates = list_targets(model, example, score_layer="classification_head.0")
+    assert [c.name for c in candidates] == ["blocks.0.norm1", "blocks.0", "blocks.1.norm1", "blocks.1"]
+    assert [c.name for c in candidates if c.zero_gradient] == ["blocks.1"]
+    assert recommended_target(candidates) == "blocks.1.norm1"
+
+
+def test_cnn_last_stages():
+    torch.manual_seed(0)
+    candidates = list_targets(StagedCNN(), torch.randn(1, 1, 16, 16, 16))
+    # the last four stages with a map of more than one cell, in forward order; pooled and flat outputs left out
+    assert [c.name for c in candidates] == ["stage1", "stage2", "stage3", "stage4"]
+    assert {c.kind for c in candidates} == {"stage"}
+    assert recommended_target(candidates) == "stage4"
+
+
+def test_sequential_cnn_with_inplace_activation():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 8, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(8, 2),
+    )
+    candidates = list_targets(model, torch.randn(1, 1, 8, 8, 8))
+    # the conv whose output the in-place ReLU overwrote is listed once, as the ReLU
+    assert [c.name for c in candidates] == ["0", "1", "3"]
+    assert recommended_target(candidates) == "3"
+
+
+def test_monai_resnet_stages():
+    pytest.importorskip("monai")
+    from monai.networks.nets import ResNet
+
+    torch.manual_seed(0)
+    model = ResNet(block="basic", layers=[1, 1, 1, 1], block_inplanes=[4, 8, 16, 32], n_input_channels=1, num_classes=2)
+    candidates = list_targets(model, torch.randn(1, 1, 32, 32, 32))
+    assert [c.name for c in candidates] == ["layer1", "layer2", "layer3", "layer4"]
+    assert recommended_target(candidates) == "layer4"
+
+
+def test_targets_for_builds_the_example_from_the_spec():
+    torch.manual_seed(0)
+    model = ViT3D(CONFIG).eval()
+    spec = ModelSpec(input=InputSpec(channels=1, spatial_size=(16, 24, 16)))
+    loaded = LoadedModel(model=model, spec=spec)
+    example = example_input(spec.input, torch.device("cpu"))
+    assert example.shape == (1, 1, 16, 24, 16)
+    assert torch.equal(example, example_input(spec.input, torch.device("cpu")))  # reproducible
+    assert targets_for(loaded) == list_targets(model, example)
+    assert recommended_target(targets_for(loaded)) == "blocks.2.norm1"
+
+
+def test_probe_leaves_the_model_as_it_was(x):
+    model = ViT3D(CONFIG).train()
+    hooks_before = sum(len(m._forward_hooks) for m in model.modules())
+    list_targets(model, x)
+    assert model.training and all(m.training for m in model.modules())
+    assert sum(len(m._forward_hooks) for m in model.modules()) == hooks_before
+    assert all(p.grad is None for p in model.parameters())
