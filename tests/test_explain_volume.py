@@ -129,3 +129,11 @@ def test_float32_volume_with_no_normalisation_is_not_shared_with_the_model():
     spec = ModelSpec(InputSpec(1, (32, 32, 32)), ("bright", "dark"), "blocks.0")
     explain_volume(LoadedModel(Scribbler(), spec), volume)
     assert volume.min() == 1.0
+
+
+def test_model_that_fails_on_its_declared_input_gets_a_one_line_message():
+    model = nv.ViT3D(img_size=16, patch_size=8, width=32, depth=2, heads=2)  # fixed 16^3 position embedding
+    spec = ModelSpec(InputSpec(1, (24, 24, 24)), ("a", "b"), "blocks.1.norm1")  # the spec disagrees
+    with pytest.raises(nv.InputError, match=r"the model fails on an input of shape \(1, 1, 24, 24, 24\) \(RuntimeError: .*check that the checkpoint's input spec") as info:
+        explain_volume(LoadedModel(model, spec), np.zeros((30, 30, 30), np.float32))
+    assert "\n" not in str(info.value)

@@ -39,7 +39,7 @@ def test_the_3d_view_shows_the_heatmap_over_the_volume(qtbot, make_napari_viewer
     monkeypatch.setenv(CONFIG_DIR_VARIABLE, str(tmp_path))
     viewer = make_napari_viewer(show=True)
     viewer.window.resize(1200, 800)
-    volume = viewer.add_image(ball(), contrast_limits=(0, 2), scale=(1.5, 1, 1), translate=(20, -5, 8))
+    viewer.add_image(ball(), contrast_limits=(0, 2), scale=(1.5, 1, 1), translate=(20, -5, 8))
     viewer.dims.ndisplay = 3
     widget = VitcamWidget(viewer)
     viewer.window.add_dock_widget(widget)

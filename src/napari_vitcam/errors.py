@@ -6,6 +6,11 @@ GUI can show it as a notification instead of a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
 
 class VitcamError(Exception):
     """Base of every error napari-vitcam raises about the user's input."""
@@ -57,3 +62,21 @@ class DeviceOutOfMemoryError(VitcamError, RuntimeError):
 
 class Cancelled(VitcamError):
     """The run was cancelled by the caller."""
+
+
+@contextmanager
+def model_errors_as_input_errors(shape: tuple[int, ...]) -> Iterator[None]:
+    """Reword a model's own failure on an input of ``shape`` as a one-line :class:`InputError`.
+
+    Our own errors and running out of memory pass through unchanged.
+    """
+    try:
+        yield
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+        if isinstance(error, (VitcamError, torch.OutOfMemoryError)):
+            raise
+        reason = " ".join(str(error).split())[:160]
+        raise InputError(
+            f"the model fails on an input of shape {tuple(shape)} ({type(error).__name__}: {reason}): "
+            "check that the checkpoint's input spec (channels, spatial size) matches its model"
+        ) from error

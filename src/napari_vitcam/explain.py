@@ -11,7 +11,7 @@ import torch
 
 from .devices import pick_device, release_device_memory
 from .engine import Progress, grad_cam
-from .errors import DeviceOutOfMemoryError, InputError
+from .errors import DeviceOutOfMemoryError, InputError, model_errors_as_input_errors
 from .loaded_model import LoadedModel
 from .preprocess import prepare_input
 from .spec import ModelSpec
@@ -110,18 +110,19 @@ def explain_volume(
         loaded.model.to(torch_device)
         x = prepare_input(volume, spec.input, torch_device)
         timings["preprocess"] = time.perf_counter() - start
-        result = grad_cam(
-            loaded.model,
-            x,
-            target,
-            index,
-            upsample=upsample,
-            method=method,
-            score_layer=spec.score_layer,
-            out_shape=out_shape,
-            progress=report,
-            cancel=cancel,
-        )
+        with model_errors_as_input_errors(tuple(x.shape)):
+            result = grad_cam(
+                loaded.model,
+                x,
+                target,
+                index,
+                upsample=upsample,
+                method=method,
+                score_layer=spec.score_layer,
+                out_shape=out_shape,
+                progress=report,
+                cancel=cancel,
+            )
         del x
         start = time.perf_counter()
         cam = result.cam[0]

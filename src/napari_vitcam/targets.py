@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .errors import LayoutError
+from .errors import LayoutError, model_errors_as_input_errors
 from .hooks import capture_outputs, eval_mode
 from .modules import model_device, read_logits, resolve_module
 from .spec import InputSpec
@@ -251,4 +251,5 @@ def targets_for(loaded: LoadedModel) -> list[TargetCandidate]:
     """:func:`list_targets` for a loaded model, probed on an example input built from its spec."""
     model = loaded.model
     example = example_input(loaded.spec.input, model_device(model), _floating_dtype(model))
-    return list_targets(model, example, score_layer=loaded.spec.score_layer)
+    with model_errors_as_input_errors(tuple(example.shape)):
+        return list_targets(model, example, score_layer=loaded.spec.score_layer)

@@ -21,7 +21,7 @@ from napari.layers import Layer
 from napari.qt.threading import FunctionWorker
 from qtpy.QtCore import QObject, Signal
 
-from ..errors import Cancelled, InputError, VitcamError
+from ..errors import Cancelled, VitcamError
 from ..explain import VolumeExplanation, explain_volume
 from ..loaded_model import LoadedModel
 from ..targets import TargetCandidate, targets_for
@@ -87,18 +87,6 @@ class ExplainDone:
 
 
 #: What a model raises when the input does not fit it (wrong channels, size or dtype).
-MODEL_FAILURES = (RuntimeError, ValueError, TypeError, IndexError)
-
-
-def model_mismatch(error: Exception, shape: tuple[int, ...]) -> InputError:
-    """A model's own exception on an input, as a one-line :class:`InputError`."""
-    reason = " ".join(str(error).split())[:160]
-    return InputError(
-        f"the model fails on an input of shape {shape} ({type(error).__name__}: {reason}): "
-        "check that the checkpoint's input spec (channels, spatial size) matches its model"
-    )
-
-
 def _checkpoint_loader():
     from ..checkpoint import load_checkpoint
 
@@ -131,12 +119,7 @@ def model_task(loaded: LoadedModel) -> Task:
 
 
 def _probe_targets(loaded: LoadedModel) -> list[TargetCandidate]:
-    try:
-        return targets_for(loaded)
-    except MODEL_FAILURES as error:
-        if isinstance(error, VitcamError):
-            raise
-        raise model_mismatch(error, (1, loaded.spec.input.channels, *loaded.spec.input.spatial_size)) from None
+    return targets_for(loaded)
 
 
 def explain_task(request: ExplainRequest) -> Task:
@@ -147,23 +130,17 @@ def explain_task(request: ExplainRequest) -> Task:
         start = time.perf_counter()
         volume = request.selection.read(request.data)
         read_seconds = time.perf_counter() - start
-        try:
-            explanation = explain_volume(
-                request.loaded,
-                volume,
-                target_layer=request.target_layer,
-                class_idx=request.class_idx,
-                method=request.method,
-                upsample=request.upsample,
-                device=request.device,
-                progress=progress,
-                cancel=cancel,
-            )
-        except MODEL_FAILURES as error:
-            if isinstance(error, VitcamError):
-                raise
-            spec = request.loaded.spec.input
-            raise model_mismatch(error, (1, spec.channels, *spec.spatial_size)) from None
+        explanation = explain_volume(
+            request.loaded,
+            volume,
+            target_layer=request.target_layer,
+            class_idx=request.class_idx,
+            method=request.method,
+            upsample=request.upsample,
+            device=request.device,
+            progress=progress,
+            cancel=cancel,
+        )
         if cancel.is_set():
             raise Cancelled("cancelled")
         heatmap = request.selection.embed(explanation.heatmap)
