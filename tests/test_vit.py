@@ -50,3 +50,17 @@ def test_config_errors(kwargs, message):
 def test_config_round_trips_through_a_dict():
     config = nv.ViTConfig(img_size=(16, 32, 24), patch_size=(8, 16, 4), width=32, depth=3, heads=4)
     assert nv.ViTConfig(**config.to_dict()) == config
+
+
+def test_mean_pooled_variant_has_no_prefix_and_a_usable_last_block():
+    model = nv.ViT3D(img_size=16, patch_size=8, width=32, depth=2, heads=2, pool="mean")
+    assert model.cls_token is None and model.pos_embed.shape == (1, 8, 32)
+    x = torch.randn(2, 1, 16, 16, 16)
+    features = model.forward_features(x)
+    torch.testing.assert_close(model(x), model.head(features.mean(1)))
+    result = nv.grad_cam(model, x, "blocks.1")  # no cls token: the last block's output has a gradient
+    assert result.layout.prefix == 0 and result.cam.max() > 0
+    labels = [c.label for c in nv.list_targets(model, x[:1])]
+    assert labels[-1] == "blocks.1 (recommended)"
+    with pytest.raises(ValueError, match="pool must be 'cls' or 'mean'"):
+        nv.ViTConfig(pool="max")

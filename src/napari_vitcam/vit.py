@@ -3,7 +3,8 @@
 A plain pre-norm ViT for volumes, following the method write-up: a Conv3d patch
 embedding (kernel = stride = patch size), a cls token, a learned position
 embedding, ``depth`` blocks of ``norm1 -> attn -> norm2 -> mlp`` with residuals,
-a final norm and a linear head on the cls token.
+a final norm and a linear head on the cls token (``pool="cls"``, as in the
+write-up) or on the mean of the patch tokens (``pool="mean"``: no cls token).
 
 Module names read well as Grad-CAM targets: ``blocks.3.norm1``, ``blocks.2``.
 """
@@ -42,6 +43,7 @@ class ViTConfig:
     mlp_ratio: float = 4.0
     num_classes: int = 2
     dropout: float = 0.0
+    pool: str = "cls"
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -52,6 +54,8 @@ class ViTConfig:
                 raise ValueError(
                     f"patch_size {self.patch_size} must be positive and fit in img_size {self.img_size}"
                 )
+        if self.pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be 'cls' or 'mean', got {self.pool!r}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
 
@@ -136,7 +140,13 @@ class Block(nn.Module):
 
 
 class ViT3D(nn.Module):
-    """Reference 3D ViT classifier with a cls token. ``forward`` returns logits (B, K)."""
+    """Reference 3D ViT classifier. ``forward`` returns logits (B, K).
+
+    With ``pool="cls"`` a cls token is prepended and the head reads it; with
+    ``pool="mean"`` there is no prefix token and the head reads the mean of the
+    normalised patch tokens, so every token's contribution to a class score is
+    additive (Grad-CAM at the last block is then close to the original CAM).
+    """
 
     def __init__(self, config: ViTConfig | None = None, **kwargs):
         super().__init__()
@@ -148,8 +158,9 @@ class ViT3D(nn.Module):
         n_tokens = 1
         for g in config.grid_size:
             n_tokens *= g
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.width))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + n_tokens, config.width))
+        prefix = 1 if config.pool == "cls" else 0
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.width)) if prefix else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, prefix + n_tokens, config.width))
         self.pos_drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
             Block(config.width, config.heads, config.mlp_ratio, config.dropout)
@@ -158,7 +169,8 @@ class ViT3D(nn.Module):
         self.norm = nn.LayerNorm(config.width)
         self.head = nn.Linear(config.width, config.num_classes)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.apply(_init_weights)
 
     @property
@@ -176,14 +188,17 @@ class ViT3D(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.patch_embed(x)
-        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
-        x = self.pos_drop(torch.cat([cls, tokens], dim=1) + self.pos_embed)
+        if self.cls_token is not None:
+            tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        x = self.pos_drop(tokens + self.pos_embed)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x)[:, 0])
+        features = self.forward_features(x)
+        pooled = features[:, 0] if self.cls_token is not None else features.mean(dim=1)
+        return self.head(pooled)
 
 
 def _init_weights(module: nn.Module) -> None:
