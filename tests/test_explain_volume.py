@@ -137,3 +137,33 @@ def test_model_that_fails_on_its_declared_input_gets_a_one_line_message():
     with pytest.raises(nv.InputError, match=r"the model fails on an input of shape \(1, 1, 24, 24, 24\) \(RuntimeError: .*check that the checkpoint's input spec") as info:
         explain_volume(LoadedModel(model, spec), np.zeros((30, 30, 30), np.float32))
     assert "\n" not in str(info.value)
+
+
+class Greedy(BrightSpotModel):
+    """Asks the allocator for far more memory than exists, after the target."""
+
+    def __init__(self, error=None):
+        super().__init__()
+        self.error = error
+
+    def forward(self, x):
+        out = super().forward(x)
+        if self.error is not None:
+            raise self.error
+        torch.empty(2**62, dtype=torch.uint8)
+        return out
+
+
+def test_cpu_out_of_memory_is_reported_as_such():
+    spec = ModelSpec(InputSpec(1, (32, 32, 32)), ("bright", "dark"), "blocks.0")
+    with pytest.raises(nv.DeviceOutOfMemoryError, match=r"out of memory on cpu .*\(40, 40, 40\): free memory") as info:
+        explain_volume(LoadedModel(Greedy(), spec), np.zeros((40, 40, 40), np.float32), device="cpu")
+    assert info.value.device == "cpu" and "\n" not in str(info.value)
+
+
+def test_device_out_of_memory_moves_the_model_back_to_the_cpu():
+    model = Greedy(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"))
+    spec = ModelSpec(InputSpec(1, (32, 32, 32)), ("bright", "dark"), "blocks.0")
+    with pytest.raises(nv.DeviceOutOfMemoryError, match="out of memory on cpu"):
+        explain_volume(LoadedModel(model, spec), np.zeros((32, 32, 32), np.float32), device="cpu")
+    assert all(p.device.type == "cpu" for p in model.parameters())

@@ -64,6 +64,13 @@ class Cancelled(VitcamError):
     """The run was cancelled by the caller."""
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """A device's out-of-memory error, or the CPU allocator's (a plain RuntimeError)."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+
+
 @contextmanager
 def model_errors_as_input_errors(shape: tuple[int, ...]) -> Iterator[None]:
     """Reword a model's own failure on an input of ``shape`` as a one-line :class:`InputError`.
@@ -73,7 +80,7 @@ def model_errors_as_input_errors(shape: tuple[int, ...]) -> Iterator[None]:
     try:
         yield
     except (RuntimeError, ValueError, TypeError, IndexError) as error:
-        if isinstance(error, (VitcamError, torch.OutOfMemoryError)):
+        if isinstance(error, VitcamError) or is_out_of_memory(error):
             raise
         reason = " ".join(str(error).split())[:160]
         raise InputError(

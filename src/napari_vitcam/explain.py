@@ -11,7 +11,7 @@ import torch
 
 from .devices import pick_device, release_device_memory
 from .engine import Progress, grad_cam
-from .errors import DeviceOutOfMemoryError, InputError, model_errors_as_input_errors
+from .errors import DeviceOutOfMemoryError, InputError, is_out_of_memory, model_errors_as_input_errors
 from .loaded_model import LoadedModel
 from .preprocess import prepare_input
 from .spec import ModelSpec
@@ -132,12 +132,14 @@ def explain_volume(
         timings["upsample"] = timings.get("upsample", 0.0) + time.perf_counter() - start
         probabilities = result.probabilities[0].float().cpu().numpy()
         token_cam = result.token_cam[0].cpu().numpy()
-    except torch.OutOfMemoryError:
+    except RuntimeError as error:
+        if not is_out_of_memory(error):
+            raise
         loaded.model.to("cpu")
         release_device_memory(torch_device)
+        advice = "rerun on the CPU (device='cpu')" if torch_device.type != "cpu" else "free memory or use a smaller volume"
         raise DeviceOutOfMemoryError(
-            f"out of memory on {torch_device} explaining a volume of shape {tuple(np.shape(volume))}: "
-            "rerun on the CPU (device='cpu')",
+            f"out of memory on {torch_device} explaining a volume of shape {tuple(np.shape(volume))}: {advice}",
             str(torch_device),
         ) from None
     return VolumeExplanation(
