@@ -64,3 +64,15 @@ def test_prepare_input_order():
     assert a.shape == b.shape == (1, 1, 4, 4, 4)
     assert float(b.min()) == pytest.approx(0) and float(b.max()) == pytest.approx(1)
     assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize(
+    "norm",
+    [Normalization("zscore"), Normalization("zscore", nonzero=True), Normalization("minmax"), Normalization("window", (0, 4))],
+)
+def test_in_place_and_out_of_place_agree(volume, norm):
+    original = volume.clone()
+    out = normalize_volume(volume, norm)
+    torch.testing.assert_close(volume, original)  # out of place by default
+    same = normalize_volume(volume.clone(), norm, inplace=True)
+    torch.testing.assert_close(out, same)

@@ -127,7 +127,7 @@ def explain_volume(
         start = time.perf_counter()
         cam = result.cam[0]
         raw_max = float(cam.max())
-        heatmap = (cam / raw_max if raw_max > 0 else torch.zeros_like(cam)).cpu().numpy()
+        heatmap = (cam.div_(raw_max) if raw_max > 0 else cam.zero_()).cpu().numpy()
         timings.update(result.timings)
         timings["upsample"] = timings.get("upsample", 0.0) + time.perf_counter() - start
         probabilities = result.probabilities[0].float().cpu().numpy()

@@ -44,32 +44,39 @@ def volume_to_tensor(volume, channels: int, device: torch.device) -> torch.Tenso
     return torch.from_numpy(np.array(array, dtype=np.float32, order="C", copy=True)).to(device)
 
 
-def normalize_volume(volume: torch.Tensor, normalization: Normalization) -> torch.Tensor:
-    """Intensity normalisation of a (C, D, H, W) tensor, out of place (see :class:`Normalization`)."""
+def normalize_volume(volume: torch.Tensor, normalization: Normalization, *, inplace: bool = False) -> torch.Tensor:
+    """Intensity normalisation of a (C, D, H, W) tensor (see :class:`Normalization`).
+
+    Out of place unless ``inplace`` (for a private copy: no full-size temporaries).
+    """
     kind = normalization.kind
     lo_out, hi_out = normalization.out_range
+    out = volume if inplace else volume.clone()
     if kind == "none":
-        return volume
+        return out
     if kind == "zscore":
-        values = volume[volume != 0] if normalization.nonzero else volume
+        mask = out != 0 if normalization.nonzero else None
+        values = out[mask] if mask is not None else out
         if values.numel() == 0:
-            return volume.clone()
+            return out
         mean = values.mean()
         std = values.std(unbiased=False)
         std = torch.where(std > 0, std, torch.ones_like(std))
-        out = (volume - mean) / std
-        return torch.where(volume != 0, out, volume) if normalization.nonzero else out
+        if mask is None:
+            return out.sub_(mean).div_(std)
+        out[mask] = (values - mean) / std
+        return out
     if kind == "minmax":
-        low, high = volume.amin(), volume.amax()
+        low, high = out.amin(), out.amax()
     else:
-        low = torch.tensor(normalization.window[0], device=volume.device)
-        high = torch.tensor(normalization.window[1], device=volume.device)
+        low = torch.tensor(normalization.window[0], device=out.device)
+        high = torch.tensor(normalization.window[1], device=out.device)
     span = high - low
     if float(span) == 0.0:
-        return torch.full_like(volume, lo_out)
-    out = (volume - low) * ((hi_out - lo_out) / span) + lo_out
+        return out.fill_(lo_out)
+    out.sub_(low).mul_((hi_out - lo_out) / span).add_(lo_out)
     if kind == "window" and normalization.clip:
-        out = out.clamp_(min(lo_out, hi_out), max(lo_out, hi_out))
+        out.clamp_(min(lo_out, hi_out), max(lo_out, hi_out))
     return out
 
 
@@ -93,9 +100,10 @@ def resize_volume(volume: torch.Tensor, size: tuple[int, int, int], mode: str) -
 
 def prepare_input(volume, spec: InputSpec, device: torch.device) -> torch.Tensor:
     """The model input (1, C, *spec.spatial_size) for a napari-style volume."""
-    x = volume_to_tensor(volume, spec.channels, device)
+    x = volume_to_tensor(volume, spec.channels, device)  # a private copy: normalise it in place
     if spec.normalize_first:
-        x = resize_volume(normalize_volume(x, spec.normalization), spec.spatial_size, spec.resize_mode)
+        x = resize_volume(normalize_volume(x, spec.normalization, inplace=True), spec.spatial_size, spec.resize_mode)
     else:
-        x = normalize_volume(resize_volume(x, spec.spatial_size, spec.resize_mode), spec.normalization)
+        resized = resize_volume(x, spec.spatial_size, spec.resize_mode)
+        x = normalize_volume(resized, spec.normalization, inplace=True)
     return x[None].contiguous()

@@ -1,8 +1,10 @@
 """Token map -> voxels: put each token's value back where its patch was.
 
-The mapping is separable, so it runs one axis at a time as a gather (and, in
-``"smooth"`` mode, a two-tap blend): no per-voxel Python loops, no spline
-prefilter, no trip through numpy, and it stays on the token map's device.
+The mapping is separable, so it runs one axis at a time as a product with a
+small interpolation matrix (at most two non-zeros per row): no per-voxel
+Python loops, no spline prefilter, no trip through numpy, and it stays on the
+token map's device. (A non-finite token value would spread along its rows;
+Grad-CAM maps of a finite model are finite.)
 
 Coordinates: voxel ``u`` of an output axis of ``n_out`` voxels spans the same
 physical extent as the model input's ``input_size`` voxels, so its centre lies at
@@ -53,14 +55,20 @@ def axis_taps(
     return i0, i1, ((1.0 - frac) * inside).float(), (frac * inside).float()
 
 
-def _apply_axis(x: torch.Tensor, dim: int, taps: _Taps) -> torch.Tensor:
-    i0, i1, w0, w1 = taps
-    view = [1] * x.ndim
-    view[dim] = -1
-    out = x.index_select(dim, i0).mul_(w0.view(view))
+def axis_matrix(
+    n_out: int, n_tokens: int, cell: float, input_size: int, mode: str, device: torch.device
+) -> torch.Tensor:
+    """The (n_out, n_tokens) interpolation matrix of one axis: at most two non-zeros per row."""
+    i0, i1, w0, w1 = axis_taps(n_out, n_tokens, cell, input_size, mode, device)
+    rows = torch.arange(n_out, device=device)
+    matrix = torch.zeros(n_out, n_tokens, device=device)
+    matrix.index_put_((rows, i0), w0, accumulate=True)
     if i1 is not None:
-        out.addcmul_(x.index_select(dim, i1), w1.view(view))
-    return out
+        matrix.index_put_((rows, i1), w1, accumulate=True)
+    return matrix
+
+
+_AXIS_EINSUM = ("bdhw,Dd->bDhw", "bdhw,Hh->bdHw", "bdhw,Ww->bdhW")
 
 
 def tokens_to_voxels(
@@ -84,8 +92,8 @@ def tokens_to_voxels(
     # Expand the axes in order of growth, so the largest intermediate comes last.
     growth = sorted(range(3), key=lambda a: out_shape[a] / grid.shape[a])
     for axis in growth:
-        taps = axis_taps(
+        matrix = axis_matrix(
             out_shape[axis], grid.shape[axis], grid.cell[axis], grid.input_shape[axis], mode, x.device
         )
-        x = _apply_axis(x, axis + 1, taps)
-    return x
+        x = torch.einsum(_AXIS_EINSUM[axis], x, matrix)
+    return x.contiguous()

@@ -1,0 +1,1 @@
+"""Benchmark helpers and the benchmark command (``python benchmarks/run.py``); not part of the package."""
