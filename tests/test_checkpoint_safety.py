@@ -201,8 +201,8 @@ def test_spec_that_does_not_fit_the_model(tmp_path, vit):
     with pytest.raises(CheckpointError) as error:
         load_checkpoint(path, spec=SPEC.with_(input=InputSpec(spatial_size=(32, 32, 32))))
     message = one_line(error)
-    assert message.startswith("weights.pt: the model fails on a (1, 1, 32, 32, 32) input as its spec describes")
-    assert message.endswith("check the spec's input channels and spatial_size")
+    assert message.startswith("weights.pt: the model fails on an input of shape (1, 1, 32, 32, 32)")
+    assert message.endswith("check that the checkpoint's input spec (channels, spatial size) matches its model")
 
 
 FACTORY_SOURCE = textwrap.dedent(

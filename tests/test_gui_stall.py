@@ -19,9 +19,9 @@ MAX_STALL_MS = 100.0
 
 
 def slow_model() -> LoadedModel:
-    """Seconds per explanation on two CPU cores: 4096 tokens through twelve blocks."""
+    """Seconds per explanation on two CPU cores: 4096 tokens through 24 blocks."""
     torch.manual_seed(0)
-    model = ViT3D(ViTConfig(img_size=64, patch_size=4, width=128, depth=12, heads=4, num_classes=2))
+    model = ViT3D(ViTConfig(img_size=64, patch_size=4, width=128, depth=24, heads=4, num_classes=2))
     spec = ModelSpec(
         input=InputSpec(spatial_size=(64, 64, 64), normalization=Normalization("zscore")), class_names=("a", "b")
     )

@@ -26,7 +26,7 @@ from .architectures import (
     describe,
     is_factory_ref,
 )
-from .errors import CheckpointError, DeviceError, TargetLayerError, VitcamError
+from .errors import CheckpointError, DeviceError, InputError, TargetLayerError, VitcamError
 from .loaded_model import LoadedModel
 from .modules import resolve_module
 from .monai_support import is_version_drift
@@ -289,17 +289,12 @@ def _check_layer(model: nn.Module, name: str | None, what: str, source: str) -> 
 
 
 def _discover_target(loaded: LoadedModel, source: str) -> str:
-    shape = (1, loaded.spec.input.channels, *loaded.spec.input.spatial_size)
     try:
         candidates = targets_for(loaded)
+    except InputError as error:  # the model fails on the input its spec describes
+        raise CheckpointError(f"{source}: {error}") from None
     except VitcamError as error:
         raise CheckpointError(f"cannot find a target layer in {source}: {error}") from None
-    except (RuntimeError, ValueError, TypeError, IndexError) as error:
-        reason = " ".join(str(error).split())[:160]
-        raise CheckpointError(
-            f"{source}: the model fails on a {shape} input as its spec describes ({type(error).__name__}: {reason}): "
-            "check the spec's input channels and spatial_size"
-        ) from None
     name = recommended_target(candidates)
     if name is None:
         raise CheckpointError(
