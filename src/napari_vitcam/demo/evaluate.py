@@ -1,0 +1,319 @@
+"""Does the heatmap point at the lesion? ``napari-vitcam evaluate-demo``.
+
+Over held-out generated volumes (seeds ``start .. start + n - 1``, disjoint
+from the training and validation seeds) this reports:
+
+* accuracy of the demo model;
+* lesion occlusion: how often replacing the lesion's voxels with the tissue
+  they cover (the same volume generated without the lesion) takes away at
+  least half (``--occlusion-share``) of the predicted class's confidence
+  above chance, ``p - 1/K``;
+* for Grad-CAM at every block's ``norm1`` and output (where the class score
+  has a gradient), and for a random map of the same
+  resolution (random token values, upsampled the same way):
+
+  - pointing game, strict: the heatmap's maximum lies inside the lesion;
+  - pointing game, tolerant: within half a patch of the lesion;
+  - relevance mass accuracy: the share of the heatmap's mass inside the lesion;
+  - best-threshold IoU: the IoU of the lesion with the heatmap thresholded at
+    the level that matches it best.
+
+The metric functions take one heatmap and one mask as numpy arrays (or
+tensors) and can be reused on any volume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import load_checkpoint
+from ..engine import grad_cam
+from ..preprocess import prepare_input
+from ..spec import Normalization
+from ..token_grid import grid_from_patches
+from ..voxel_map import tokens_to_voxels
+from .volumes import make_volume
+
+RANDOM_BASELINE = "random map"
+METRICS = ("pointing_strict", "pointing_tolerant", "mass", "iou")
+
+
+def _as_numpy(array) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        return array.detach().float().cpu().numpy()
+    return np.asarray(array)
+
+
+def _check(heatmap, mask) -> tuple[np.ndarray, np.ndarray]:
+    heat = _as_numpy(heatmap).astype(np.float64, copy=False)
+    region = _as_numpy(mask).astype(bool, copy=False)
+    if heat.shape != region.shape:
+        raise ValueError(f"heatmap shape {heat.shape} and mask shape {region.shape} differ")
+    if not region.any():
+        raise ValueError("the mask is empty")
+    return heat, region
+
+
+def peak_distance(heatmap, mask) -> float:
+    """Distance in voxels from the heatmap's maximum (the first, if tied) to the nearest mask voxel; 0 inside."""
+    heat, region = _check(heatmap, mask)
+    peak = np.array(np.unravel_index(int(np.argmax(heat)), heat.shape), dtype=np.float64)
+    if region[tuple(peak.astype(int))]:
+        return 0.0
+    inside = np.argwhere(region).astype(np.float64)
+    return float(np.sqrt(((inside - peak) ** 2).sum(axis=1).min()))
+
+
+def pointing_game(heatmap, mask, tolerance: float = 0.0) -> bool:
+    """A hit when the heatmap's maximum lies inside ``mask`` or within ``tolerance`` voxels of it."""
+    return peak_distance(heatmap, mask) <= tolerance
+
+
+def mass_accuracy(heatmap, mask) -> float:
+    """Share of the heatmap's (non-negative) mass inside ``mask``; 0 for an all-zero heatmap."""
+    heat, region = _check(heatmap, mask)
+    heat = np.clip(heat, 0.0, None)
+    total = heat.sum()
+    return float(heat[region].sum() / total) if total > 0 else 0.0
+
+
+def best_threshold_iou(heatmap, mask) -> tuple[float, float]:
+    """The best IoU of ``heatmap >= t`` with ``mask`` over all thresholds t, and that t.
+
+    Every distinct heatmap value is tried as a threshold (exactly, via one sort).
+    """
+    heat, region = _check(heatmap, mask)
+    values = heat.ravel()
+    order = np.argsort(-values, kind="stable")
+    sorted_values = values[order]
+    hits = np.cumsum(region.ravel()[order])
+    count = np.arange(1, values.size + 1)
+    iou = hits / (count + region.sum() - hits)
+    # A threshold keeps every voxel at or above it: only the last of a run of ties is reachable.
+    last_of_tie = np.append(sorted_values[1:] != sorted_values[:-1], True)
+    iou = np.where(last_of_tie, iou, -1.0)
+    best = int(np.argmax(iou))
+    return float(iou[best]), float(sorted_values[best])
+
+
+def heatmap_scores(heatmap, mask, tolerance: float) -> dict[str, float]:
+    """All four localisation metrics of one heatmap."""
+    distance = peak_distance(heatmap, mask)
+    return {
+        "pointing_strict": float(distance == 0.0),
+        "pointing_tolerant": float(distance <= tolerance),
+        "mass": mass_accuracy(heatmap, mask),
+        "iou": best_threshold_iou(heatmap, mask)[0],
+    }
+
+
+def random_heatmap(model_input_shape: Sequence[int], patch_size: Sequence[int], generator: torch.Generator) -> np.ndarray:
+    """A random map at the model's resolution: uniform token values, upsampled like Grad-CAM's."""
+    grid = grid_from_patches(tuple(model_input_shape), tuple(patch_size))
+    tokens = torch.rand((1, *grid.shape), generator=generator)
+    return tokens_to_voxels(tokens, grid, mode="smooth")[0].numpy()
+
+
+def occlusion_share(probs: torch.Tensor, probs_occluded: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Share of each sample's confidence above chance in ``classes`` that occlusion takes away.
+
+    ``(p - p_occluded) / (p - 1/K)`` with ``p`` the probability of the class
+    before occlusion: 1 when occlusion brings the class down to chance, 0 when
+    nothing changes, more than 1 when the class drops below chance. A sample
+    predicted at chance level gives 0.
+    """
+    k = probs.shape[1]
+    p = probs.gather(1, classes[:, None])[:, 0]
+    q = probs_occluded.gather(1, classes[:, None])[:, 0]
+    above = p - 1.0 / k
+    return torch.where(above > 0, (p - q) / above.clamp(min=1e-12), torch.zeros_like(p))
+
+
+def block_targets(model) -> list[str]:
+    """Every block's ``norm1`` and output, in forward order, less those whose gradient is zero.
+
+    (In a cls-token ViT the last block's output does not reach the class score
+    at the patch tokens; with a mean-pooled head it does.)
+    """
+    from ..targets import list_targets
+
+    size = tuple(model.config.img_size)
+    example = torch.zeros((1, model.config.in_channels, *size), device=next(model.parameters()).device)
+    example[..., size[0] // 4 : size[0] // 2, size[1] // 4 : size[1] // 2, size[2] // 4 : size[2] // 2] = 1.0
+    return [
+        c.name for c in list_targets(model, example) if c.kind in ("norm1", "block") and not c.zero_gradient
+    ]
+
+
+def _mean_rows(rows: list[dict]) -> dict[str, float]:
+    return {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
+
+
+def evaluate_blocks(
+    model,
+    seeds: Iterable[int],
+    *,
+    normalization: Normalization,
+    targets: Sequence[str] | None = None,
+    batch: int = 8,
+    upsample: str = "smooth",
+    tolerance: float | None = None,
+    baseline: bool = True,
+    occlusion_threshold: float = 0.5,
+    explain: str = "predicted",
+    progress=None,
+) -> dict:
+    """Accuracy, lesion occlusion and per-target localisation metrics over ``seeds``.
+
+    Volumes are normalised with ``normalization`` exactly as the explanation
+    pipeline does (:func:`~napari_vitcam.preprocess.prepare_input`). Returns a
+    dict: per target (and :data:`RANDOM_BASELINE`) the mean of each metric, and
+    under ``"_summary"`` accuracy, occlusion figures and counts.
+    """
+    from ..spec import InputSpec
+
+    model.eval()
+    size = tuple(model.config.img_size)
+    patch = tuple(model.config.patch_size)
+    spec = InputSpec(channels=1, spatial_size=size, normalization=normalization)
+    tolerance = max(patch) / 2 if tolerance is None else tolerance
+    targets = list(targets) if targets is not None else block_targets(model)
+    device = next(model.parameters()).device
+    rows: dict[str, list[dict]] = {name: [] for name in targets}
+    if baseline:
+        rows[RANDOM_BASELINE] = []
+    generator = torch.Generator().manual_seed(0)
+    correct, occluded, shares, drops, n = 0, 0, [], [], 0
+    seeds = list(seeds)
+    for first in range(0, len(seeds), batch):
+        volumes = [make_volume(s, size=size[0], with_healthy=True) for s in seeds[first:first + batch]]
+        x = torch.cat([prepare_input(v.volume, spec, device) for v in volumes])
+        healthy = torch.cat([prepare_input(v.healthy, spec, device) for v in volumes])
+        labels = torch.tensor([v.label for v in volumes], device=device)
+        with torch.no_grad():
+            probs = model(x).softmax(1)
+            probs_healthy = model(healthy).softmax(1)
+        predicted = probs.argmax(1)
+        share = occlusion_share(probs, probs_healthy, predicted)
+        correct += int((predicted == labels).sum())
+        occluded += int((share >= occlusion_threshold).sum())
+        shares += share.tolist()
+        drops += (probs.gather(1, predicted[:, None]) - probs_healthy.gather(1, predicted[:, None]))[:, 0].tolist()
+        n += len(volumes)
+        class_idx = predicted if explain == "predicted" else labels
+        for name in targets:
+            cams = grad_cam(model, x, name, class_idx=class_idx, upsample=upsample).numpy()
+            rows[name] += [heatmap_scores(cam, v.mask, tolerance) for cam, v in zip(cams, volumes)]
+        if baseline:
+            rows[RANDOM_BASELINE] += [
+                heatmap_scores(random_heatmap(size, patch, generator), v.mask, tolerance) for v in volumes
+            ]
+        if progress is not None:
+            progress(n, len(seeds))
+    results = {name: _mean_rows(r) for name, r in rows.items()}
+    results["_summary"] = {
+        "volumes": n,
+        "accuracy": correct / n,
+        "occlusion_changed": occluded / n,
+        "occlusion_median_share": float(np.median(shares)),
+        "occlusion_mean_drop": float(np.mean(drops)),
+        "occlusion_threshold": occlusion_threshold,
+        "tolerance_voxels": tolerance,
+        "explain": explain,
+        "upsample": upsample,
+    }
+    return results
+
+
+def load_demo_model(path: str | Path | None = None):
+    """The demo model as a :class:`~napari_vitcam.loaded_model.LoadedModel` (the shipped one by default)."""
+    from .train import SHIPPED_CHECKPOINT
+
+    return load_checkpoint(Path(path) if path is not None else SHIPPED_CHECKPOINT)
+
+
+def format_table(results: dict, recommended: str | None = None) -> str:
+    """The results as a Markdown table (one row per target, the random map last)."""
+    lines = [
+        "| target | pointing game (strict) | pointing game (± half patch) | relevance mass accuracy | best-threshold IoU |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in results.items():
+        if name.startswith("_"):
+            continue
+        label = f"`{name}` (recommended)" if name == recommended else (name if name == RANDOM_BASELINE else f"`{name}`")
+        lines.append(
+            f"| {label} | {row['pointing_strict']:.3f} | {row['pointing_tolerant']:.3f} | {row['mass']:.3f} | {row['iou']:.3f} |"
+        )
+    s = results["_summary"]
+    lines += [
+        "",
+        f"- volumes: {s['volumes']}",
+        f"- accuracy: {s['accuracy']:.3f}",
+        f"- lesion occlusion (lesion replaced by the tissue under it) takes away at least "
+        f"{s['occlusion_threshold']:.0%} of the predicted class's confidence above chance on "
+        f"{s['occlusion_changed']:.3f} of the volumes (median share taken {s['occlusion_median_share']:.2f}; "
+        f"mean probability drop {s['occlusion_mean_drop']:.3f})",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="napari-vitcam evaluate-demo",
+        description="Accuracy, lesion occlusion and Grad-CAM localisation of the demo model on held-out volumes.",
+    )
+    parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint to evaluate (default: the shipped demo model)")
+    parser.add_argument("-n", "--volumes", type=int, default=200, help="number of held-out volumes")
+    parser.add_argument("--start", type=int, default=0, help="first seed (held-out seeds are 0 .. 4,999,999)")
+    parser.add_argument("--targets", nargs="*", default=None, help="targets to explain at (default: every block's norm1 and output)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--upsample", choices=("smooth", "patch"), default="smooth")
+    parser.add_argument("--explain", choices=("predicted", "true"), default="predicted", help="class to explain")
+    parser.add_argument(
+        "--occlusion-share", type=float, default=0.5,
+        help="share of the confidence above chance that removing the lesion must take away to count as a change",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    from .train import VALIDATION_SEED_START
+
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.start + args.volumes > VALIDATION_SEED_START:
+        print(f"note: seeds from {VALIDATION_SEED_START} on are used for validation and training, not held out")
+    loaded = load_demo_model(args.checkpoint)
+    start = time.perf_counter()
+    results = evaluate_blocks(
+        loaded.model,
+        range(args.start, args.start + args.volumes),
+        normalization=loaded.spec.input.normalization,
+        targets=args.targets,
+        batch=args.batch,
+        upsample=args.upsample,
+        occlusion_threshold=args.occlusion_share,
+        explain=args.explain,
+        progress=lambda done, total: print(f"\r{done}/{total} volumes", end="", flush=True),
+    )
+    print(f"\r{results['_summary']['volumes']} volumes in {time.perf_counter() - start:.0f} s")
+    print(format_table(results, loaded.spec.target_layer))
+    if args.json:
+        results["_summary"]["recommended"] = loaded.spec.target_layer
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
