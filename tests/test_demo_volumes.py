@@ -119,13 +119,3 @@ def test_size_intensity_and_position_do_not_reveal_the_class(population):
         score = auc(values[labels == 1], values[labels == 0])
         # With ~60 volumes per class a non-informative feature stays well inside this band.
         assert 0.3 < score < 0.7, (name, score)
-
-
-def test_generation_is_fast():
-    import time
-
-    make_volume(0)
-    start = time.perf_counter()
-    for seed in range(20):
-        make_volume(seed)
-    assert (time.perf_counter() - start) / 20 < 0.05
