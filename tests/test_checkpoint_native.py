@@ -206,3 +206,16 @@ def test_loaded_model_is_on_the_requested_device(tmp_path, vit):
 def test_public_names():
     for name in ("load_checkpoint", "save_checkpoint", "LoadedModel", "ModelSpec", "InputSpec", "Normalization", "targets_for"):
         assert name in nv.__all__ and hasattr(nv, name)
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    model = ViT3D(img_size=16, patch_size=8, width=32, depth=1, heads=2)
+    probe = tmp_path / "probe"
+    probe.touch()
+    usual = stat.S_IMODE(os.stat(probe).st_mode)
+    for suffix in (".safetensors", ".pt"):
+        path = save_checkpoint(tmp_path / f"model{suffix}", model)
+        assert stat.S_IMODE(os.stat(path).st_mode) == usual, suffix

@@ -93,9 +93,14 @@ def _check_rebuilds(spec: ModelSpec, state: dict[str, torch.Tensor], name: str) 
 
 
 def _write_atomically(path: Path, write) -> None:
+    """Write through a partial file, then rename; the file gets the mode any new file would get
+    (safetensors writes owner-only files)."""
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
+        partial.touch()
+        mode = partial.stat().st_mode & 0o777  # what the umask gives a new file here
         write(partial)
+        partial.chmod(mode)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
