@@ -218,6 +218,22 @@ def test_bundle_code_needs_trust(tmp_path, vit, x):
     assert loaded.spec.architecture == "" and loaded.spec.input.spatial_size == (16, 16, 16)
 
 
+@pytest.mark.parametrize(
+    "network_def, message",
+    [
+        ("$1 / 0", r"bundle bad's network_def failed \(RuntimeError: .*'\$1 / 0'\): check the bundle's config"),
+        ("$[1, 2]", r"bundle bad's network_def returned an object of type list, not a torch nn.Module: fix the config"),
+    ],
+)
+def test_trusted_bundle_code_that_fails_or_builds_no_model(tmp_path, vit, network_def, message):
+    config = vit_config()
+    config["network_def"] = network_def
+    root = write_bundle(tmp_path / "bad", config, vit.state_dict(), METADATA)
+    with pytest.raises(CheckpointError, match=message) as caught:
+        load_checkpoint(root, trust=True)
+    assert "\n" not in str(caught.value)
+
+
 def test_bundle_with_only_torchscript_weights(tmp_path, vit):
     root = write_bundle(tmp_path / "ts_bundle", vit_config(), vit.state_dict())
     (root / "models" / "model.pt").rename(root / "models" / "model.ts")

@@ -94,18 +94,30 @@ def call_factory(factory: Factory, kwargs: dict) -> nn.Module:
     """``factory(**kwargs)``, checked to return an ``nn.Module``."""
     function = import_factory(factory) if isinstance(factory, str) else factory
     label = factory if isinstance(factory, str) else getattr(factory, "__qualname__", repr(factory))
+    shown = ", ".join(sorted(kwargs)) or "none"
+    return run_module_builder(
+        lambda: function(**kwargs),
+        f"factory {label!r}",
+        on_failure=f"check its arguments (given: {shown})",
+        on_wrong_type="make it return the model",
+    )
+
+
+def run_module_builder(build: Callable[[], object], what: str, *, on_failure: str, on_wrong_type: str) -> nn.Module:
+    """Run user code that builds a model; a failure or a non-module becomes a one-line :class:`CheckpointError`.
+
+    ``what`` names the code in the message; ``on_failure`` and ``on_wrong_type``
+    say what to do about each case.
+    """
     try:
-        model = function(**kwargs)
+        model = build()
     except Exception as error:  # user code: any failure becomes a message
-        shown = ", ".join(sorted(kwargs)) or "none"
         raise CheckpointError(
-            f"factory {label!r} failed ({type(error).__name__}: {' '.join(str(error).split())[:160]}): "
-            f"check its arguments (given: {shown})"
+            f"{what} failed ({type(error).__name__}: {' '.join(str(error).split())[:160]}): {on_failure}"
         ) from None
     if not isinstance(model, nn.Module):
         raise CheckpointError(
-            f"factory {label!r} returned an object of type {type(model).__name__}, not a torch nn.Module: "
-            "make it return the model"
+            f"{what} returned an object of type {type(model).__name__}, not a torch nn.Module: {on_wrong_type}"
         )
     return model
 

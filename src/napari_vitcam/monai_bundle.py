@@ -26,6 +26,7 @@ from pathlib import Path
 
 from torch import nn
 
+from .architectures import run_module_builder
 from .errors import CheckpointError, MissingExtraError, UntrustedCheckpointError
 from .monai_support import INSTALL, build_network, class_name_of, is_network_name, require_monai
 from .spec import InputSpec, ModelSpec, Normalization
@@ -214,20 +215,17 @@ def _parse_trusted(files: BundleFiles) -> nn.Module:
     if files.metadata is not None:
         parser.read_meta(str(files.metadata))
     parser["bundle_root"] = str(files.root)
-    try:
+
+    def build() -> object:
         with _bundle_importable(files.root):
-            network = parser.get_parsed_content("network_def")
-    except Exception as error:  # the bundle's own code ran: any failure becomes a message
-        raise CheckpointError(
-            f"bundle {files.root.name}'s network_def failed to build ({type(error).__name__}: "
-            f"{' '.join(str(error).split())[:160]}): check the bundle's config"
-        ) from None
-    if not isinstance(network, nn.Module):
-        raise CheckpointError(
-            f"bundle {files.root.name}'s network_def gave an object of type {type(network).__name__}, "
-            "not a torch nn.Module: fix the config"
-        )
-    return network
+            return parser.get_parsed_content("network_def")
+
+    return run_module_builder(
+        build,
+        f"bundle {files.root.name}'s network_def",
+        on_failure="check the bundle's config",
+        on_wrong_type="fix the config",
+    )
 
 
 def build_bundle_network(config: dict, files: BundleFiles, trust: bool) -> tuple[nn.Module, str, dict]:
