@@ -7,6 +7,7 @@ import torch
 from napari_vitcam.demo.evaluate import (
     RANDOM_BASELINE,
     best_threshold_iou,
+    block_targets,
     evaluate_blocks,
     heatmap_scores,
     load_demo_model,
@@ -113,15 +114,15 @@ def test_shipped_checkpoint_is_small_and_complete(demo):
     assert SHIPPED_CHECKPOINT.stat().st_size <= 5 * 1024 * 1024
     spec = demo.spec
     assert spec.class_names == ("solid", "ring")
-    assert spec.target_layer is not None and spec.target_layer.startswith("blocks.")
+    assert spec.target_layer in block_targets(demo.model)
     assert spec.input.normalization.kind == "zscore"
     assert tuple(demo.model.config.patch_size) == (8, 8, 8)
 
 
 @pytest.fixture(scope="module")
 def held_out(demo):
-    # 20 held-out volumes: seeds far below the validation and training seeds.
-    seeds = range(1000, 1020)
+    # 40 held-out volumes: seeds far below the validation and training seeds.
+    seeds = range(1000, 1040)
     assert seeds.stop <= VALIDATION_SEED_START
     return evaluate_blocks(
         demo.model,
@@ -138,9 +139,9 @@ def test_demo_model_is_accurate(held_out):
 
 def test_heatmap_points_at_the_lesion_at_the_recommended_block(demo, held_out):
     row = held_out[demo.spec.target_layer]
-    # The goal is 0.9; the shipped model reaches about 0.6 (0.625 on 200 held-out
-    # volumes, docs/evaluation.md). This guards what it does reach.
-    assert row["pointing_tolerant"] >= 0.5
+    # The goal is 0.9; the shipped model reaches 0.84 on 200 held-out volumes (0.85 on
+    # these 40, docs/evaluation.md). This guards what it does reach.
+    assert row["pointing_tolerant"] >= 0.8
     # Far better than chance: a random map of the same resolution rarely hits the lesion.
     assert row["pointing_tolerant"] > held_out[RANDOM_BASELINE]["pointing_tolerant"] + 0.4
     assert row["mass"] > 2 * held_out[RANDOM_BASELINE]["mass"]
@@ -149,6 +150,22 @@ def test_heatmap_points_at_the_lesion_at_the_recommended_block(demo, held_out):
 def test_removing_the_lesion_changes_the_decision(held_out):
     # Replacing the lesion with the tissue under it moves the predicted class's probability.
     summary = held_out["_summary"]
-    # The goal is 0.9 of the volumes; the shipped model reaches about 0.6 (docs/evaluation.md).
-    assert summary["occlusion_changed"] >= 0.5
+    # The goal is 0.9 of the volumes; the shipped model reaches 0.75 on 200 held-out
+    # volumes (0.875 on these 40, docs/evaluation.md). This guards what it does reach.
+    assert summary["occlusion_changed"] >= 0.7
     assert summary["occlusion_mean_drop"] > 0.3
+
+
+def test_evaluation_with_another_cam_method(demo, held_out):
+    target = demo.spec.target_layer
+    seeds = range(1000, 1004)
+    other = evaluate_blocks(
+        demo.model, seeds, normalization=demo.spec.input.normalization, targets=[target], method="layercam",
+        baseline=False,
+    )
+    same = evaluate_blocks(
+        demo.model, seeds, normalization=demo.spec.input.normalization, targets=[target], baseline=False,
+    )
+    assert other["_summary"]["method"] == "layercam" and same["_summary"]["method"] == "gradcam"
+    assert other[target]["mass"] != same[target]["mass"]  # a different map was measured
+    assert other["_summary"]["accuracy"] == same["_summary"]["accuracy"]  # the same model and volumes

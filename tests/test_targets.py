@@ -1,5 +1,7 @@
 """Target discovery: candidates in forward order, zero-gradient ones marked, one recommended."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -66,7 +68,25 @@ def test_mean_pooled_vit(x):
     torch.manual_seed(0)
     candidates = list_targets(MeanPooledViT(CONFIG), x)
     assert not any(c.zero_gradient for c in candidates)
-    assert recommended_target(candidates) == "blocks.2"
+    assert [c.name for c in candidates[-2:]] == ["blocks.2", "norm"] and candidates[-1].kind == "final_norm"
+    assert recommended_target(candidates) == "norm"
+
+
+@pytest.mark.parametrize("pool", ["mean", "attn"])
+def test_grad_cam_at_the_final_norm_of_a_pooled_vit_is_each_tokens_class_score(x, pool):
+    """With a pooled head, the score is a weighted mean of head(token): Grad-CAM there is exact."""
+    x = torch.cat([x, x.flip(-1)])
+    torch.manual_seed(0)
+    model = ViT3D(replace(CONFIG, pool=pool)).eval()
+    for parameter in model.parameters():  # weights of unit scale, so that every path matters
+        torch.nn.init.normal_(parameter, std=0.5)
+    result = grad_cam(model, x, "norm", class_idx=[1, 0], upsample="patch")
+    with torch.no_grad():
+        scores = model.head(model.forward_features(x)) - model.head.bias  # (B, N, K) per token
+    own = scores[torch.arange(len(x)), :, torch.tensor([1, 0])]  # explained class per sample
+    expected = own.clamp(min=0) / own.shape[1]
+    torch.testing.assert_close(result.token_cam.flatten(1), expected, rtol=1e-4, atol=1e-6)
+    assert bool((own > 0).any()) and bool((own < 0).any())  # the ReLU had something to do
 
 
 def test_monai_vit_with_its_tanh_head():

@@ -61,6 +61,7 @@ def test_mean_pooled_variant_has_no_prefix_and_a_usable_last_block():
     result = nv.grad_cam(model, x, "blocks.1")  # no cls token: the last block's output has a gradient
     assert result.layout.prefix == 0 and result.cam.max() > 0
     labels = [c.label for c in nv.list_targets(model, x[:1])]
-    assert labels[-1] == "blocks.1 (recommended)"
-    with pytest.raises(ValueError, match="pool must be 'cls' or 'mean'"):
+    assert labels[-2:] == ["blocks.1", "norm (recommended)"]
+    with pytest.raises(ValueError, match="pool must be one of 'cls', 'mean', 'attn'"):
         nv.ViTConfig(pool="max")
+

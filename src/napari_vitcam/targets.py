@@ -8,7 +8,9 @@ one backward on an example input) orders them as the forward pass calls them,
 marks the targets whose gradient is identically zero at the tokens, such as
 the last block's output of a cls-token ViT, and recommends the last target
 that has a gradient: for a cls-token ViT that is the last block's ``norm1``,
-as the method write-up explains; for a mean-pooled ViT, the last block.
+as the method write-up explains. After the blocks comes the final norm, where
+the head reads its patch tokens (a mean- or attention-pooled ViT): there
+Grad-CAM gives each token's own class score, and it is the recommended target.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class TargetCandidate:
     """A layer the engine can explain at."""
 
     name: str
-    kind: str  # "norm1", "block" or "stage"
+    kind: str  # "norm1", "block", "final_norm" or "stage"
     zero_gradient: bool
     recommended: bool = False
 
@@ -75,7 +77,11 @@ def find_block_list(model: nn.Module) -> tuple[str, list[str]] | None:
 
 
 def block_candidates(model: nn.Module) -> list[tuple[str, str]]:
-    """``(name, kind)`` for each block of the block list and its ``norm1``."""
+    """``(name, kind)`` for each block of the block list and its ``norm1``, and the final norm.
+
+    The final norm is the ``norm`` LayerNorm beside the block list (``norm``
+    of timm's and MONAI's ViTs, and of :class:`~napari_vitcam.vit.ViT3D`).
+    """
     names = dict(model.named_modules())
     found = find_block_list(model)
     out: list[tuple[str, str]] = []
@@ -83,6 +89,11 @@ def block_candidates(model: nn.Module) -> list[tuple[str, str]]:
         if f"{block}.norm1" in names:
             out.append((f"{block}.norm1", "norm1"))
         out.append((block, "block"))
+    if found is not None:
+        parent = found[0].rpartition(".")[0]
+        final = f"{parent}.norm" if parent else "norm"
+        if isinstance(names.get(final), nn.LayerNorm):
+            out.append((final, "final_norm"))
     return out
 
 
@@ -171,6 +182,8 @@ def _probe(name, kind, tensor, gradient, grid, input_shape, module) -> _Probed |
 def _choose(probed: list[_Probed]) -> list[TargetCandidate]:
     """The ViT's blocks when they carry tokens, else the CNN's last stages; the last with a gradient recommended."""
     blocks = [p.candidate for p in probed if p.candidate.kind != "stage" and p.ndim == 3]
+    # The final norm only where the head reads its patch tokens (a pooled head, not a cls token).
+    blocks = [c for c in blocks if not (c.kind == "final_norm" and c.zero_gradient)]
     if blocks:
         result = blocks
     else:

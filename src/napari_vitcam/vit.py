@@ -4,7 +4,9 @@ A plain pre-norm ViT for volumes, following the method write-up: a Conv3d patch
 embedding (kernel = stride = patch size), a cls token, a learned position
 embedding, ``depth`` blocks of ``norm1 -> attn -> norm2 -> mlp`` with residuals,
 a final norm and a linear head on the cls token (``pool="cls"``, as in the
-write-up) or on the mean of the patch tokens (``pool="mean"``: no cls token).
+write-up), on the mean of the patch tokens (``pool="mean"``: no cls token) or
+on their attention-weighted mean (``pool="attn"``: no cls token; a learned
+score per token, softmax over the tokens).
 
 Module names read well as Grad-CAM targets: ``blocks.3.norm1``, ``blocks.2``.
 """
@@ -18,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 Triple = tuple[int, int, int]
+#: How the head reads the tokens: the cls token, the mean of the patch tokens, or their attention-weighted mean.
+POOLS = ("cls", "mean", "attn")
 
 
 def as_triple(value: int | tuple[int, ...] | list[int], name: str = "value") -> Triple:
@@ -54,8 +58,8 @@ class ViTConfig:
                 raise ValueError(
                     f"patch_size {self.patch_size} must be positive and fit in img_size {self.img_size}"
                 )
-        if self.pool not in ("cls", "mean"):
-            raise ValueError(f"pool must be 'cls' or 'mean', got {self.pool!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(map(repr, POOLS))}, got {self.pool!r}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
 
@@ -121,6 +125,23 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, t, e))
 
 
+class AttentionPool(nn.Module):
+    """Attention pooling: a softmax over the tokens of a learned score, then the weighted mean.
+
+    ``(B, N, E) -> (B, E)``. The weights pass through the ``weights`` identity
+    module, where a forward hook can read them (shape (B, N)).
+    """
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.score = nn.Linear(width, 1)
+        self.weights = nn.Identity()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        weights = self.weights(self.score(tokens).squeeze(-1).softmax(dim=-1))
+        return (weights.unsqueeze(-1) * tokens).sum(dim=1)
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
 
@@ -144,8 +165,10 @@ class ViT3D(nn.Module):
 
     With ``pool="cls"`` a cls token is prepended and the head reads it; with
     ``pool="mean"`` there is no prefix token and the head reads the mean of the
-    normalised patch tokens, so every token's contribution to a class score is
-    additive (Grad-CAM at the last block is then close to the original CAM).
+    normalised patch tokens; with ``pool="attn"`` their attention-weighted mean.
+    With either pooled head a class score is a weighted sum of per-token scores
+    ``head(norm(token))``, and Grad-CAM at the final ``norm`` gives exactly
+    each token's score (the original CAM).
     """
 
     def __init__(self, config: ViTConfig | None = None, **kwargs):
@@ -167,6 +190,7 @@ class ViT3D(nn.Module):
             for _ in range(config.depth)
         )
         self.norm = nn.LayerNorm(config.width)
+        self.attn_pool = AttentionPool(config.width) if config.pool == "attn" else None
         self.head = nn.Linear(config.width, config.num_classes)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
@@ -197,7 +221,12 @@ class ViT3D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.forward_features(x)
-        pooled = features[:, 0] if self.cls_token is not None else features.mean(dim=1)
+        if self.cls_token is not None:
+            pooled = features[:, 0]
+        elif self.attn_pool is not None:
+            pooled = self.attn_pool(features)
+        else:
+            pooled = features.mean(dim=1)
         return self.head(pooled)
 
 

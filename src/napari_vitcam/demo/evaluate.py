@@ -35,6 +35,7 @@ import torch
 
 from ..checkpoint import load_checkpoint
 from ..engine import grad_cam
+from ..methods import METHODS
 from ..preprocess import prepare_input
 from ..spec import Normalization
 from ..token_grid import grid_from_patches
@@ -137,19 +138,18 @@ def occlusion_share(probs: torch.Tensor, probs_occluded: torch.Tensor, classes: 
 
 
 def block_targets(model) -> list[str]:
-    """Every block's ``norm1`` and output, in forward order, less those whose gradient is zero.
+    """Every block's ``norm1`` and output of a :class:`~napari_vitcam.vit.ViT3D` in forward order, then the final norm.
 
-    (In a cls-token ViT the last block's output does not reach the class score
-    at the patch tokens; with a mean-pooled head it does.)
+    With a cls-token head the last block's output and the final norm are left
+    out: their patch tokens do not reach the class score (zero gradient).
     """
-    from ..targets import list_targets
-
-    size = tuple(model.config.img_size)
-    example = torch.zeros((1, model.config.in_channels, *size), device=next(model.parameters()).device)
-    example[..., size[0] // 4 : size[0] // 2, size[1] // 4 : size[1] // 2, size[2] // 4 : size[2] // 2] = 1.0
-    return [
-        c.name for c in list_targets(model, example) if c.kind in ("norm1", "block") and not c.zero_gradient
-    ]
+    names = []
+    for i in range(len(model.blocks)):
+        names.append(f"blocks.{i}.norm1")
+        names.append(f"blocks.{i}")
+    if model.cls_token is not None:
+        return names[:-1]
+    return names + ["norm"]
 
 
 def _mean_rows(rows: list[dict]) -> dict[str, float]:
@@ -168,6 +168,7 @@ def evaluate_blocks(
     baseline: bool = True,
     occlusion_threshold: float = 0.5,
     explain: str = "predicted",
+    method: str = "gradcam",
     progress=None,
 ) -> dict:
     """Accuracy, lesion occlusion and per-target localisation metrics over ``seeds``.
@@ -209,7 +210,7 @@ def evaluate_blocks(
         n += len(volumes)
         class_idx = predicted if explain == "predicted" else labels
         for name in targets:
-            cams = grad_cam(model, x, name, class_idx=class_idx, upsample=upsample).numpy()
+            cams = grad_cam(model, x, name, class_idx=class_idx, upsample=upsample, method=method).numpy()
             rows[name] += [heatmap_scores(cam, v.mask, tolerance) for cam, v in zip(cams, volumes)]
         if baseline:
             rows[RANDOM_BASELINE] += [
@@ -228,6 +229,7 @@ def evaluate_blocks(
         "tolerance_voxels": tolerance,
         "explain": explain,
         "upsample": upsample,
+        "method": method,
     }
     return results
 
@@ -277,6 +279,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--upsample", choices=("smooth", "patch"), default="smooth")
     parser.add_argument("--explain", choices=("predicted", "true"), default="predicted", help="class to explain")
+    parser.add_argument("--method", choices=sorted(METHODS), default="gradcam", help="CAM method (default: Grad-CAM, the method the results in docs/evaluation.md are for)")
     parser.add_argument(
         "--occlusion-share", type=float, default=0.5,
         help="share of the confidence above chance that removing the lesion must take away to count as a change",
@@ -305,9 +308,10 @@ def main(argv=None) -> int:
         upsample=args.upsample,
         occlusion_threshold=args.occlusion_share,
         explain=args.explain,
+        method=args.method,
         progress=lambda done, total: print(f"\r{done}/{total} volumes", end="", flush=True),
     )
-    print(f"\r{results['_summary']['volumes']} volumes in {time.perf_counter() - start:.0f} s")
+    print(f"\r{results['_summary']['volumes']} volumes in {time.perf_counter() - start:.0f} s, method {args.method}")
     print(format_table(results, loaded.spec.target_layer))
     if args.json:
         results["_summary"]["recommended"] = loaded.spec.target_layer

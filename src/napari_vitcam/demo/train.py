@@ -4,12 +4,15 @@ Every step draws a fresh batch of generated volumes (seeds from
 :data:`TRAIN_SEED_START` on, so no training volume is ever shown twice and none
 is among the held-out evaluation seeds). A share of each batch is shown
 without its lesion, with the target 1/2 for each class, so that neither class
-can mean "no lesion of the other kind". A curriculum starts
+can mean "no lesion of the other kind", and a token readout loss
+(:mod:`.token_readout`) holds every token outside the lesion to "no evidence".
+The model is the reference ViT with an attention-pooled head, for which
+Grad-CAM at the final norm is each token's own class score. A curriculum starts
 with large, high-contrast lesions and widens to the full range; the learning
 rate warms up linearly, then follows a cosine. At the end the Grad-CAM target
-block is chosen on validation volumes (the block whose heatmaps point at the
-lesion most often) and a native checkpoint is written with the class names,
-the normalisation and that block.
+is chosen on validation volumes (the one whose heatmaps point at the lesion
+most often) and a native checkpoint is written with the class names, the
+normalisation and that target.
 
 Run ``python -m napari_vitcam.demo.train --help`` for the options.
 """
@@ -28,7 +31,8 @@ import torch.nn.functional as F
 from ..checkpoint import save_checkpoint
 from ..preprocess import normalize_volume
 from ..spec import InputSpec, ModelSpec, Normalization
-from ..vit import ViT3D, ViTConfig
+from ..vit import POOLS, ViT3D, ViTConfig
+from .token_readout import ReadoutCapture, readout_loss, token_lesion_share
 from .volumes import CLASS_NAMES, CONTRAST_RANGE, DIAMETER_RANGE, _generate, make_batch
 
 #: Training seeds start here; evaluation uses seeds below :data:`VALIDATION_SEED_START`.
@@ -76,27 +80,30 @@ def training_batch(
     contrasts: tuple[float, float],
     distractor_share: float,
     lesion_free_share: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised volumes (B, 1, D, H, W) and target probabilities (B, 2) for one step.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalised volumes (B, 1, D, H, W), target probabilities (B, 2) and lesion masks (B, D, H, W) for one step.
 
     The first ``distractor_share`` of the volumes have distractors. The last
     ``lesion_free_share`` are shown without their lesion (the tissue it would
     cover) and with the target 1/2 for each class: no lesion, no evidence for
-    either class, so that both classes have to rest on the lesion itself.
+    either class, so that both classes have to rest on the lesion itself; their
+    masks are empty.
     """
     n = len(seeds)
     n_distractors = round(distractor_share * n)
     n_free = round(lesion_free_share * n)
-    volumes, targets = [], []
+    volumes, targets, masks = [], [], []
     for i, seed in enumerate(seeds):
         sample = _generate(int(seed), 64, None, diameters, contrasts, i < n_distractors)
         if i >= n - n_free:
             volumes.append(sample.healthy)
             targets.append(torch.full((2,), 0.5))
+            masks.append(torch.zeros_like(sample.mask))
         else:
             volumes.append(sample.volume)
             targets.append(F.one_hot(torch.tensor(sample.label), 2).float())
-    return normalize_batch(torch.stack(volumes)[:, None]), torch.stack(targets)
+            masks.append(sample.mask)
+    return normalize_batch(torch.stack(volumes)[:, None]), torch.stack(targets), torch.stack(masks)
 
 
 def learning_rate(progress: float, peak: float, warmup: float, floor: float = 0.02) -> float:
@@ -107,7 +114,8 @@ def learning_rate(progress: float, peak: float, warmup: float, floor: float = 0.
     return peak * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t))))
 
 
-def build_model(width: int, depth: int, heads: int, pool: str = "cls") -> ViT3D:
+def build_model(width: int, depth: int, heads: int, pool: str = "attn") -> ViT3D:
+    """The reference ViT for 64³ demo volumes, patch 8."""
     config = ViTConfig(
         in_channels=1, img_size=64, patch_size=8, width=width, depth=depth, heads=heads, num_classes=2, pool=pool
     )
@@ -144,6 +152,19 @@ def write_checkpoint(path: Path, model: ViT3D, spec: ModelSpec) -> Path:
     return save_checkpoint(path, model, spec)
 
 
+def zero_sum_head(model: ViT3D) -> None:
+    """Remove the head's common mode: logits that sum to zero, same probabilities.
+
+    Softmax ignores what all logits share, so training leaves that part of the
+    head at whatever it started from; it would add an arbitrary term to every
+    class score that Grad-CAM explains. Subtracting it makes each class score
+    the evidence for that class against the others.
+    """
+    with torch.no_grad():
+        model.head.weight -= model.head.weight.mean(dim=0, keepdim=True)
+        model.head.bias -= model.head.bias.mean()
+
+
 def choose_block(model: ViT3D, n_volumes: int, log=print) -> tuple[str, dict]:
     """The block target whose Grad-CAM points at the lesion most often on validation volumes."""
     from .evaluate import evaluate_blocks
@@ -173,6 +194,9 @@ def train(args: argparse.Namespace, log=print) -> tuple[ViT3D, dict]:
     val_x, val_y, _ = make_batch(range(VALIDATION_SEED_START + 100_000, VALIDATION_SEED_START + 100_000 + args.val_volumes))
     val_x = normalize_batch(val_x)
 
+    readout = ReadoutCapture(model) if args.readout_weight > 0 else None
+    if readout is not None:
+        readout.__enter__()
     start = time.perf_counter()
     budget = args.minutes * 60 if args.minutes else math.inf
     history: list[dict] = []
@@ -195,7 +219,7 @@ def train(args: argparse.Namespace, log=print) -> tuple[ViT3D, dict]:
         lr = learning_rate(progress, args.lr, args.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x, target = training_batch(
+        x, target, masks = training_batch(
             range(seed, seed + args.batch), diameters, contrasts, with_distractors, args.lesion_free
         )
         seed += args.batch
@@ -204,6 +228,11 @@ def train(args: argparse.Namespace, log=print) -> tuple[ViT3D, dict]:
         model.train()
         logits = model(x)
         loss = F.cross_entropy(logits, target, label_smoothing=args.label_smoothing)
+        if readout is not None:
+            neutral = token_lesion_share(masks, model.config.patch_size) == 0
+            if args.readout_tokens == "free":
+                neutral &= ~with_lesion[:, None]
+            loss = loss + args.readout_weight * readout_loss(readout.logits(), neutral, args.readout_top)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -238,6 +267,9 @@ def train(args: argparse.Namespace, log=print) -> tuple[ViT3D, dict]:
             running_loss, running_correct, running_n = 0.0, 0, 0
             if args.state:
                 torch.save({"state_dict": model.state_dict(), "config": model.config.to_dict(), "step": step}, args.state)
+    if readout is not None:
+        readout.__exit__(None, None, None)
+    zero_sum_head(model)
     model.eval()
     seconds = time.perf_counter() - start
     with torch.no_grad():
@@ -263,13 +295,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--curriculum", type=float, default=0.5, help="fraction of training by which lesions reach the full range")
     parser.add_argument("--advance-at", type=float, default=0.9, help="running training accuracy above which lesions get harder")
     parser.add_argument("--level-steps", type=int, default=600, help="steps from the easiest lesions to the full range when advancing on accuracy")
+    parser.add_argument(
+        "--readout-weight", type=float, default=1.0,
+        help="weight of the token readout loss (0: none): chosen tokens, read alone by the cls token, must give no evidence",
+    )
+    parser.add_argument(
+        "--readout-top", type=int, default=8,
+        help="also weigh each volume's this many most opinionated neutral tokens (0: only the mean over all)",
+    )
+    parser.add_argument(
+        "--readout-tokens", choices=("outside", "free"), default="outside",
+        help="tokens held to no evidence: 'outside' every token whose patch holds no lesion voxel, 'free' only those of lesion-free volumes",
+    )
     parser.add_argument("--init-gain", type=float, default=1.0, help="fan-in scaled initialisation of the linear layers (0: the ViT's own)")
     parser.add_argument("--label-smoothing", type=float, default=0.0)
-    parser.add_argument("--lesion-free", type=float, default=0.2, help="share of each batch shown without its lesion, with target 1/2 per class")
+    parser.add_argument("--lesion-free", type=float, default=0.25, help="share of each batch shown without its lesion, with target 1/2 per class")
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--pool", choices=("cls", "mean"), default="cls", help="head on the cls token or on the mean of the patch tokens")
+    parser.add_argument(
+        "--pool", choices=POOLS, default="attn",
+        help="head on the cls token, the mean of the patch tokens or their attention-weighted mean",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--val-volumes", type=int, default=64, help="volumes for the accuracy printed while training")
