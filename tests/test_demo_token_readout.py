@@ -5,7 +5,13 @@ import math
 import pytest
 import torch
 
-from napari_vitcam.demo.token_readout import ReadoutCapture, readout_logits, readout_loss, token_lesion_share
+from napari_vitcam.demo.token_readout import (
+    ReadoutCapture,
+    pooling_on_lesion_loss,
+    readout_logits,
+    readout_loss,
+    token_lesion_share,
+)
 from napari_vitcam.demo.train import fan_in_init
 from napari_vitcam.vit import ViT3D, ViTConfig
 
@@ -64,9 +70,14 @@ def test_pooled_readout_gives_the_logits_by_its_pooling_weights(pool):
     with ReadoutCapture(model) as capture, torch.no_grad():
         logits = model(x)
         readouts = capture.logits()
+        pooling = capture.pooling
         features = model.forward_features(x)
         weights = model.attn_pool.score(features).squeeze(-1).softmax(-1) if pool == "attn" else torch.full((2, 24), 1 / 24)
     assert readouts.shape == (2, 24, 3)
+    if pool == "attn":
+        torch.testing.assert_close(pooling, weights)
+    else:
+        assert pooling is None
     torch.testing.assert_close((weights[..., None] * readouts).sum(1), logits, rtol=1e-4, atol=1e-5)
 
 
@@ -126,3 +137,12 @@ def test_readout_loss_top_weighs_the_most_opinionated_tokens():
     assert float(readout_loss(logits, neutral, top=1)) == pytest.approx(cost / 12 + cost / 2, rel=1e-5)
     neutral[0, 2] = False  # a lesion token is never among the neutral ones
     assert float(readout_loss(logits, neutral, top=1)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_pooling_on_lesion_loss():
+    pooling = torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8], [1 / 3, 1 / 3, 1 / 3]])
+    lesion = torch.tensor([[True, False, False], [False, False, True], [False, False, False]])
+    has_lesion = torch.tensor([True, True, False])  # the third volume is lesion-free: not counted
+    expected = -(math.log(0.5) + math.log(0.8)) / 2
+    assert float(pooling_on_lesion_loss(pooling, lesion, has_lesion)) == pytest.approx(expected, rel=1e-6)
+    assert float(pooling_on_lesion_loss(pooling, lesion, torch.zeros(3, dtype=torch.bool))) == 0.0

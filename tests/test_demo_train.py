@@ -43,7 +43,7 @@ def test_train_demo_writes_a_loadable_checkpoint(tmp_path, capsys):
     argv = [
         "--out", str(out), "--state", str(state), "--steps", "4", "--minutes", "0", "--batch", "4",
         "--width", "16", "--depth", "1", "--heads", "2", "--val-volumes", "4", "--block-volumes", "2",
-        "--log-every", "2",
+        "--log-every", "2", "--pooling-weight", "0.3",
     ]
     assert main(argv) == 0
     printed = capsys.readouterr().out

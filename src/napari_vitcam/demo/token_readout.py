@@ -36,18 +36,29 @@ class ReadoutCapture:
         self.model = model
         self.pooled = model.cls_token is None
         self.value: torch.Tensor | None = None
-        self._handle = None
+        #: The attention pooling's weights (B, N) of the last forward pass, for ``pool="attn"``.
+        self.pooling: torch.Tensor | None = None
+        self._handles: list = []
 
     def __enter__(self) -> "ReadoutCapture":
         if self.pooled:
-            self._handle = self.model.norm.register_forward_hook(lambda m, i, output: self._keep(output))
+            self._handles.append(self.model.norm.register_forward_hook(lambda m, i, output: self._keep(output)))
         else:
-            self._handle = self.model.blocks[-1].register_forward_pre_hook(lambda m, inputs: self._keep(inputs[0]))
+            self._handles.append(
+                self.model.blocks[-1].register_forward_pre_hook(lambda m, inputs: self._keep(inputs[0]))
+            )
+        if self.model.attn_pool is not None:
+            self._handles.append(
+                self.model.attn_pool.weights.register_forward_hook(lambda m, i, output: setattr(self, "pooling", output))
+            )
         return self
 
     def __exit__(self, *exc) -> None:
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
         self.value = None
+        self.pooling = None
 
     def _keep(self, value: torch.Tensor) -> None:
         self.value = value
@@ -105,3 +116,11 @@ def readout_loss(logits: torch.Tensor, neutral: torch.Tensor, top: int = 0) -> t
     if top > 0:
         loss = loss + cost.topk(min(top, cost.shape[1]), dim=1).values.mean()
     return loss
+
+
+def pooling_on_lesion_loss(pooling: torch.Tensor, lesion: torch.Tensor, has_lesion: torch.Tensor) -> torch.Tensor:
+    """``-log`` of the pooling weight (B, N) that falls on the lesion's tokens (B, N bool), over volumes with a lesion."""
+    if not bool(has_lesion.any()):
+        return pooling.sum() * 0.0
+    on_lesion = (pooling * lesion).sum(1)[has_lesion]
+    return -torch.log(on_lesion.clamp(min=1e-6)).mean()

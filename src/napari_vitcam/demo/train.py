@@ -32,7 +32,7 @@ from ..checkpoint import save_checkpoint
 from ..preprocess import normalize_volume
 from ..spec import InputSpec, ModelSpec, Normalization
 from ..vit import POOLS, ViT3D, ViTConfig
-from .token_readout import ReadoutCapture, readout_loss, token_lesion_share
+from .token_readout import ReadoutCapture, pooling_on_lesion_loss, readout_loss, token_lesion_share
 from .volumes import CLASS_NAMES, CONTRAST_RANGE, DIAMETER_RANGE, _generate, make_batch
 
 #: Training seeds start here; evaluation uses seeds below :data:`VALIDATION_SEED_START`.
@@ -230,6 +230,8 @@ def train(args: argparse.Namespace, log=print) -> tuple[ViT3D, dict]:
         loss = F.cross_entropy(logits, target, label_smoothing=args.label_smoothing)
         if readout is not None:
             neutral = token_lesion_share(masks, model.config.patch_size) == 0
+            if args.pooling_weight > 0 and readout.pooling is not None:
+                loss = loss + args.pooling_weight * pooling_on_lesion_loss(readout.pooling, ~neutral, with_lesion)
             if args.readout_tokens == "free":
                 neutral &= ~with_lesion[:, None]
             loss = loss + args.readout_weight * readout_loss(readout.logits(), neutral, args.readout_top)
@@ -298,6 +300,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--readout-weight", type=float, default=1.0,
         help="weight of the token readout loss (0: none): chosen tokens, read alone by the cls token, must give no evidence",
+    )
+    parser.add_argument(
+        "--pooling-weight", type=float, default=0.0,
+        help="weight of a loss that puts the attention pooling on the lesion's tokens (0: none; needs --readout-weight > 0)",
     )
     parser.add_argument(
         "--readout-top", type=int, default=8,
