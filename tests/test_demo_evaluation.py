@@ -139,9 +139,8 @@ def test_demo_model_is_accurate(held_out):
 
 def test_heatmap_points_at_the_lesion_at_the_recommended_block(demo, held_out):
     row = held_out[demo.spec.target_layer]
-    # The goal is 0.9; the shipped model reaches 0.84 on 200 held-out volumes (0.85 on
-    # these 40, docs/evaluation.md). This guards what it does reach.
-    assert row["pointing_tolerant"] >= 0.8
+    # The goal: the shipped model reaches 0.905 on 200 held-out volumes and 0.925 on these 40.
+    assert row["pointing_tolerant"] >= 0.9
     # Far better than chance: a random map of the same resolution rarely hits the lesion.
     assert row["pointing_tolerant"] > held_out[RANDOM_BASELINE]["pointing_tolerant"] + 0.4
     assert row["mass"] > 2 * held_out[RANDOM_BASELINE]["mass"]
@@ -150,9 +149,9 @@ def test_heatmap_points_at_the_lesion_at_the_recommended_block(demo, held_out):
 def test_removing_the_lesion_changes_the_decision(held_out):
     # Replacing the lesion with the tissue under it moves the predicted class's probability.
     summary = held_out["_summary"]
-    # The goal is 0.9 of the volumes; the shipped model reaches 0.75 on 200 held-out
-    # volumes (0.875 on these 40, docs/evaluation.md). This guards what it does reach.
-    assert summary["occlusion_changed"] >= 0.7
+    # The goal is 0.9 of the volumes; the shipped model reaches 0.835 on 200 held-out
+    # volumes (0.825 on these 40, docs/evaluation.md). This guards what it does reach.
+    assert summary["occlusion_changed"] >= 0.8
     assert summary["occlusion_mean_drop"] > 0.3
 
 

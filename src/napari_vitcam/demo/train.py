@@ -302,7 +302,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="weight of the token readout loss (0: none): chosen tokens, read alone by the cls token, must give no evidence",
     )
     parser.add_argument(
-        "--pooling-weight", type=float, default=0.0,
+        "--pooling-weight", type=float, default=0.3,
         help="weight of a loss that puts the attention pooling on the lesion's tokens (0: none; needs --readout-weight > 0)",
     )
     parser.add_argument(
