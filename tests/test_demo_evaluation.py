@@ -168,3 +168,15 @@ def test_evaluation_with_another_cam_method(demo, held_out):
     assert other["_summary"]["method"] == "layercam" and same["_summary"]["method"] == "gradcam"
     assert other[target]["mass"] != same[target]["mass"]  # a different map was measured
     assert other["_summary"]["accuracy"] == same["_summary"]["accuracy"]  # the same model and volumes
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean", "attn"])
+def test_block_targets_agree_with_the_probe(pool):
+    from napari_vitcam.targets import list_targets
+    from napari_vitcam.vit import ViT3D
+
+    torch.manual_seed(0)
+    model = ViT3D(img_size=16, patch_size=8, width=16, depth=3, heads=2, pool=pool).eval()
+    example = torch.randn(1, 1, 16, 16, 16)
+    probed = [c.name for c in list_targets(model, example) if not c.zero_gradient]
+    assert block_targets(model) == probed

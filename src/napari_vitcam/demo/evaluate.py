@@ -8,8 +8,8 @@ from the training and validation seeds) this reports:
   they cover (the same volume generated without the lesion) takes away at
   least half (``--occlusion-share``) of the predicted class's confidence
   above chance, ``p - 1/K``;
-* for Grad-CAM at every block's ``norm1`` and output (where the class score
-  has a gradient), and for a random map of the same
+* for Grad-CAM at every block's ``norm1`` and output and at the final norm
+  (where the class score has a gradient), and for a random map of the same
   resolution (random token values, upsampled the same way):
 
   - pointing game, strict: the heatmap's maximum lies inside the lesion;
@@ -141,7 +141,10 @@ def block_targets(model) -> list[str]:
     """Every block's ``norm1`` and output of a :class:`~napari_vitcam.vit.ViT3D` in forward order, then the final norm.
 
     With a cls-token head the last block's output and the final norm are left
-    out: their patch tokens do not reach the class score (zero gradient).
+    out: their patch tokens do not reach the class score (zero gradient). The
+    same list as :func:`~napari_vitcam.targets.list_targets` less its
+    zero-gradient entries, without a probe, and also for a single-block model
+    (which ``list_targets`` does not recognise as a ViT).
     """
     names = []
     for i in range(len(model.blocks)):
@@ -275,7 +278,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint to evaluate (default: the shipped demo model)")
     parser.add_argument("-n", "--volumes", type=int, default=200, help="number of held-out volumes")
     parser.add_argument("--start", type=int, default=0, help="first seed (held-out seeds are 0 .. 4,999,999)")
-    parser.add_argument("--targets", nargs="*", default=None, help="targets to explain at (default: every block's norm1 and output)")
+    parser.add_argument("--targets", nargs="*", default=None, help="targets to explain at (default: every block's norm1 and output, and the final norm, where the score has a gradient)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--upsample", choices=("smooth", "patch"), default="smooth")
     parser.add_argument("--explain", choices=("predicted", "true"), default="predicted", help="class to explain")

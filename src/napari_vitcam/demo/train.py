@@ -20,6 +20,7 @@ Run ``python -m napari_vitcam.demo.train --help`` for the options.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -179,6 +180,24 @@ def choose_block(model: ViT3D, n_volumes: int, log=print) -> tuple[str, dict]:
     return best, results
 
 
+def evidence_losses(
+    args: argparse.Namespace,
+    capture: ReadoutCapture,
+    masks: torch.Tensor,
+    with_lesion: torch.Tensor,
+    patch_size: tuple[int, int, int],
+) -> torch.Tensor:
+    """The weighted pooling and token readout losses of the last forward pass (see :mod:`.token_readout`)."""
+    outside = token_lesion_share(masks, patch_size) == 0
+    loss = torch.zeros(())
+    if args.pooling_weight > 0 and capture.pooling is not None:
+        loss = loss + args.pooling_weight * pooling_on_lesion_loss(capture.pooling, ~outside, with_lesion)
+    if args.readout_weight > 0:
+        neutral = outside & ~with_lesion[:, None] if args.readout_tokens == "free" else outside
+        loss = loss + args.readout_weight * readout_loss(capture.logits(), neutral, args.readout_top)
+    return loss
+
+
 def train(args: argparse.Namespace, log=print) -> tuple[ViT3D, dict]:
     torch.manual_seed(args.seed)
     model = build_model(args.width, args.depth, args.heads, args.pool)
@@ -194,83 +213,75 @@ def train(args: argparse.Namespace, log=print) -> tuple[ViT3D, dict]:
     val_x, val_y, _ = make_batch(range(VALIDATION_SEED_START + 100_000, VALIDATION_SEED_START + 100_000 + args.val_volumes))
     val_x = normalize_batch(val_x)
 
-    readout = ReadoutCapture(model) if args.readout_weight > 0 else None
-    if readout is not None:
-        readout.__enter__()
-    start = time.perf_counter()
-    budget = args.minutes * 60 if args.minutes else math.inf
-    history: list[dict] = []
-    running_loss, running_correct, running_n = 0.0, 0, 0
-    accuracy_ema = 0.5
-    level = 0.0
-    seed = TRAIN_SEED_START + args.seed * 1_000_000_000
-    step = 0
-    while True:
-        # Progress runs on steps or on the time budget, whichever is further along,
-        # so that the schedule completes within the budget on a slow machine.
-        progress = max(step / args.steps, (time.perf_counter() - start) / budget)
-        if progress >= 1.0:
-            break
-        # Harder lesions once the current ones are learnt, and at the latest on schedule.
-        if accuracy_ema >= args.advance_at:
-            level += 1.0 / args.level_steps
-        level = min(1.0, max(level, (progress - args.curriculum_start) / max(1e-9, args.curriculum - args.curriculum_start)))
-        diameters, contrasts, with_distractors = curriculum(level)
-        lr = learning_rate(progress, args.lr, args.warmup)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x, target, masks = training_batch(
-            range(seed, seed + args.batch), diameters, contrasts, with_distractors, args.lesion_free
-        )
-        seed += args.batch
-        with_lesion = target.max(1).values == 1.0
-        y = target.argmax(1)
-        model.train()
-        logits = model(x)
-        loss = F.cross_entropy(logits, target, label_smoothing=args.label_smoothing)
-        if readout is not None:
-            neutral = token_lesion_share(masks, model.config.patch_size) == 0
-            if args.pooling_weight > 0 and readout.pooling is not None:
-                loss = loss + args.pooling_weight * pooling_on_lesion_loss(readout.pooling, ~neutral, with_lesion)
-            if args.readout_tokens == "free":
-                neutral &= ~with_lesion[:, None]
-            loss = loss + args.readout_weight * readout_loss(readout.logits(), neutral, args.readout_top)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        hits = (logits.argmax(1) == y)[with_lesion]
-        accuracy_ema = 0.9 * accuracy_ema + 0.1 * float(hits.float().mean())
-        running_loss += float(loss.detach()) * len(y)
-        running_correct += int(hits.sum())
-        running_n += len(hits)
-        step += 1
-
-        if step % args.log_every == 0:
-            model.eval()
-            with torch.no_grad():
-                val_acc = float((model(val_x).argmax(1) == val_y).float().mean())
-            elapsed = time.perf_counter() - start
-            row = {
-                "step": step,
-                "elapsed_s": round(elapsed, 1),
-                "lr": lr,
-                "loss": running_loss / (args.log_every * args.batch),
-                "train_acc": running_correct / running_n,
-                "val_acc": val_acc,
-                "level": level,
-            }
-            history.append(row)
-            log(
-                f"step {step}  {elapsed / 60:5.1f} min  lr {lr:.2e}  loss {row['loss']:.4f}  "
-                f"train acc {row['train_acc']:.3f}  val acc {val_acc:.3f}  level {level:.2f} "
-                f"(diameter >= {diameters[0]:.1f}, contrast >= {contrasts[0]:.2f})"
+    needs_capture = args.readout_weight > 0 or args.pooling_weight > 0
+    with ReadoutCapture(model) if needs_capture else contextlib.nullcontext() as capture:
+        start = time.perf_counter()
+        budget = args.minutes * 60 if args.minutes else math.inf
+        history: list[dict] = []
+        running_loss, running_correct, running_n = 0.0, 0, 0
+        accuracy_ema = 0.5
+        level = 0.0
+        seed = TRAIN_SEED_START + args.seed * 1_000_000_000
+        step = 0
+        while True:
+            # Progress runs on steps or on the time budget, whichever is further along,
+            # so that the schedule completes within the budget on a slow machine.
+            progress = max(step / args.steps, (time.perf_counter() - start) / budget)
+            if progress >= 1.0:
+                break
+            # Harder lesions once the current ones are learnt, and at the latest on schedule.
+            if accuracy_ema >= args.advance_at:
+                level += 1.0 / args.level_steps
+            level = min(1.0, max(level, (progress - args.curriculum_start) / max(1e-9, args.curriculum - args.curriculum_start)))
+            diameters, contrasts, with_distractors = curriculum(level)
+            lr = learning_rate(progress, args.lr, args.warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, target, masks = training_batch(
+                range(seed, seed + args.batch), diameters, contrasts, with_distractors, args.lesion_free
             )
-            running_loss, running_correct, running_n = 0.0, 0, 0
-            if args.state:
-                torch.save({"state_dict": model.state_dict(), "config": model.config.to_dict(), "step": step}, args.state)
-    if readout is not None:
-        readout.__exit__(None, None, None)
+            seed += args.batch
+            with_lesion = target.max(1).values == 1.0
+            y = target.argmax(1)
+            model.train()
+            logits = model(x)
+            loss = F.cross_entropy(logits, target, label_smoothing=args.label_smoothing)
+            if capture is not None:
+                loss = loss + evidence_losses(args, capture, masks, with_lesion, model.config.patch_size)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            hits = (logits.argmax(1) == y)[with_lesion]
+            accuracy_ema = 0.9 * accuracy_ema + 0.1 * float(hits.float().mean())
+            running_loss += float(loss.detach()) * len(y)
+            running_correct += int(hits.sum())
+            running_n += len(hits)
+            step += 1
+
+            if step % args.log_every == 0:
+                model.eval()
+                with torch.no_grad():
+                    val_acc = float((model(val_x).argmax(1) == val_y).float().mean())
+                elapsed = time.perf_counter() - start
+                row = {
+                    "step": step,
+                    "elapsed_s": round(elapsed, 1),
+                    "lr": lr,
+                    "loss": running_loss / (args.log_every * args.batch),
+                    "train_acc": running_correct / running_n,
+                    "val_acc": val_acc,
+                    "level": level,
+                }
+                history.append(row)
+                log(
+                    f"step {step}  {elapsed / 60:5.1f} min  lr {lr:.2e}  loss {row['loss']:.4f}  "
+                    f"train acc {row['train_acc']:.3f}  val acc {val_acc:.3f}  level {level:.2f} "
+                    f"(diameter >= {diameters[0]:.1f}, contrast >= {contrasts[0]:.2f})"
+                )
+                running_loss, running_correct, running_n = 0.0, 0, 0
+                if args.state:
+                    torch.save({"state_dict": model.state_dict(), "config": model.config.to_dict(), "step": step}, args.state)
     zero_sum_head(model)
     model.eval()
     seconds = time.perf_counter() - start
@@ -299,11 +310,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--level-steps", type=int, default=600, help="steps from the easiest lesions to the full range when advancing on accuracy")
     parser.add_argument(
         "--readout-weight", type=float, default=1.0,
-        help="weight of the token readout loss (0: none): chosen tokens, read alone by the cls token, must give no evidence",
+        help="weight of the token readout loss (0: none): tokens outside the lesion, read alone by the head, must give no evidence",
     )
     parser.add_argument(
         "--pooling-weight", type=float, default=0.3,
-        help="weight of a loss that puts the attention pooling on the lesion's tokens (0: none; needs --readout-weight > 0)",
+        help="weight of a loss that puts the attention pooling on the lesion's tokens (0: none; attention-pooled head only)",
     )
     parser.add_argument(
         "--readout-top", type=int, default=8,
