@@ -134,12 +134,13 @@ def held_out(demo):
 
 
 def test_demo_model_is_accurate(held_out):
-    assert held_out["_summary"]["accuracy"] >= 0.9
+    # The goal: 0.95 (the shipped model reaches 0.985 on 200 held-out volumes, 1.0 on these 40).
+    assert held_out["_summary"]["accuracy"] >= 0.95
 
 
 def test_heatmap_points_at_the_lesion_at_the_recommended_block(demo, held_out):
     row = held_out[demo.spec.target_layer]
-    # The goal: the shipped model reaches 0.905 on 200 held-out volumes and 0.925 on these 40.
+    # The goal: the shipped model reaches 0.945 on 200 held-out volumes and 0.95 on these 40.
     assert row["pointing_tolerant"] >= 0.9
     # Far better than chance: a random map of the same resolution rarely hits the lesion.
     assert row["pointing_tolerant"] > held_out[RANDOM_BASELINE]["pointing_tolerant"] + 0.4
@@ -147,11 +148,12 @@ def test_heatmap_points_at_the_lesion_at_the_recommended_block(demo, held_out):
 
 
 def test_removing_the_lesion_changes_the_decision(held_out):
-    # Replacing the lesion with the tissue under it moves the predicted class's probability.
+    # Replacing the lesion with the tissue under it takes away at least half of the
+    # predicted class's confidence above chance. The goal: on 0.9 of the volumes (the
+    # shipped model: 0.915 on 200 held-out volumes, 0.95 on these 40; docs/evaluation.md).
     summary = held_out["_summary"]
-    # The goal is 0.9 of the volumes; the shipped model reaches 0.835 on 200 held-out
-    # volumes (0.825 on these 40, docs/evaluation.md). This guards what it does reach.
-    assert summary["occlusion_changed"] >= 0.8
+    assert summary["occlusion_threshold"] == 0.5
+    assert summary["occlusion_changed"] >= 0.9
     assert summary["occlusion_mean_drop"] > 0.3
 
 
@@ -170,13 +172,14 @@ def test_evaluation_with_another_cam_method(demo, held_out):
     assert other["_summary"]["accuracy"] == same["_summary"]["accuracy"]  # the same model and volumes
 
 
+@pytest.mark.parametrize("depth", [1, 3])
 @pytest.mark.parametrize("pool", ["cls", "mean", "attn"])
-def test_block_targets_agree_with_the_probe(pool):
+def test_block_targets_agree_with_the_probe(pool, depth):
     from napari_vitcam.targets import list_targets
     from napari_vitcam.vit import ViT3D
 
     torch.manual_seed(0)
-    model = ViT3D(img_size=16, patch_size=8, width=16, depth=3, heads=2, pool=pool).eval()
+    model = ViT3D(img_size=16, patch_size=8, width=16, depth=depth, heads=2, pool=pool).eval()
     example = torch.randn(1, 1, 16, 16, 16)
     probed = [c.name for c in list_targets(model, example) if not c.zero_gradient]
     assert block_targets(model) == probed

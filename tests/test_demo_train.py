@@ -4,7 +4,9 @@ import torch
 
 from napari_vitcam.checkpoint import load_checkpoint
 from napari_vitcam.demo.evaluate import block_targets
-from napari_vitcam.demo.train import curriculum, main, training_batch, zero_sum_head
+import math
+
+from napari_vitcam.demo.train import curriculum, main, normalize_batch, training_batch, zero_sum_head
 from napari_vitcam.demo.volumes import make_volume
 from napari_vitcam.vit import ViT3D
 
@@ -21,6 +23,28 @@ def test_training_batch_lesion_free_tail_and_masks():
     assert all(bool(m.any()) for m in masks[:3])
     # the last half is lesion-free: target 1/2 for each class, empty mask
     assert torch.equal(target[3:], torch.full((3, 2), 0.5)) and not bool(masks[3:].any())
+
+
+def test_training_batch_twins_are_the_lesion_volumes_without_their_lesion():
+    diameters, contrasts, distractors = curriculum(1.0)
+    seeds = range(10_000_100, 10_000_108)
+    x, target, masks = training_batch(seeds, diameters, contrasts, distractors, lesion_free_share=0.25, small_share=0.5)
+    # 6 volumes with a lesion, then the lesion-free twins of the first two
+    assert torch.equal(target[6:], torch.full((2, 2), 0.5)) and not bool(masks[6:].any())
+    small = (diameters[0], diameters[0] + (diameters[1] - diameters[0]) / 3)
+    for i in range(2):
+        v = make_volume(seeds[i], diameter_range=small, contrast_range=contrasts, with_healthy=True)
+        torch.testing.assert_close(x[i], normalize_batch(torch.from_numpy(v.volume)[None, None])[0])
+        torch.testing.assert_close(x[6 + i], normalize_batch(torch.from_numpy(v.healthy)[None, None])[0])
+        assert torch.equal(masks[i], torch.from_numpy(v.mask))
+    # the first half of the lesion volumes are small: diameter in the lower third (8 to 12 voxels)
+    lesion_voxels = masks[:6].sum(dim=(1, 2, 3)).float()
+    largest_small = 4 / 3 * math.pi * (small[1] / 2 + 0.5) ** 3
+    assert bool((lesion_voxels[:3] <= largest_small).all())
+    # fresh lesion-free volumes come from their own seeds instead
+    x_fresh, _, _ = training_batch(seeds, diameters, contrasts, distractors, lesion_free_share=0.25, twins=False)
+    v = make_volume(seeds[7], diameter_range=diameters, contrast_range=contrasts, with_healthy=True)
+    torch.testing.assert_close(x_fresh[7], normalize_batch(torch.from_numpy(v.healthy)[None, None])[0])
 
 
 def test_zero_sum_head_keeps_the_probabilities():

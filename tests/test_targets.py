@@ -56,6 +56,36 @@ def test_cls_token_vit(x):
     assert [c.label for c in candidates[-2:]] == ["blocks.2.norm1 (recommended)", "blocks.2 (zero gradient)"]
 
 
+@pytest.mark.parametrize("pool", ["cls", "attn"])
+def test_single_block_vit(x, pool):
+    torch.manual_seed(0)
+    candidates = list_targets(ViT3D(replace(CONFIG, depth=1, pool=pool)), x)
+    if pool == "cls":
+        assert [c.label for c in candidates] == ["blocks.0.norm1 (recommended)", "blocks.0 (zero gradient)"]
+    else:
+        assert [c.label for c in candidates] == ["blocks.0.norm1", "blocks.0", "norm (recommended)"]
+
+
+class OneMixerTokenModel(nn.Module):
+    """Patch tokens through one MLP that is not a transformer block (no ``norm1``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch_embed = nn.Conv3d(1, 16, 8, stride=8)
+        self.mixers = nn.ModuleList([nn.Sequential(nn.Linear(16, 16), nn.GELU())])
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x):
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
+        return self.head(self.mixers[0](tokens).mean(dim=1))
+
+
+def test_a_single_module_that_is_not_a_transformer_block_is_no_block_list(x):
+    torch.manual_seed(0)
+    candidates = list_targets(OneMixerTokenModel(), x)
+    assert [(c.name, c.kind) for c in candidates] == [("patch_embed", "stage")]
+
+
 def test_zero_gradient_mark_agrees_with_the_engine(x):
     torch.manual_seed(0)
     model = ViT3D(CONFIG)

@@ -59,16 +59,27 @@ class _Probed:
     ndim: int
 
 
+def _is_transformer_block(module: nn.Module) -> bool:
+    """A block with a ``norm1`` child, as in timm's, MONAI's and this package's ViTs."""
+    return isinstance(dict(module.named_children()).get("norm1"), nn.Module)
+
+
 def find_block_list(model: nn.Module) -> tuple[str, list[str]] | None:
-    """The longest ModuleList/Sequential of two or more same-class, non-leaf modules."""
+    """The longest ModuleList/Sequential of same-class, non-leaf modules.
+
+    Two or more of them, or a single one that is a transformer block (has a
+    ``norm1``): a one-block ViT still has its block list.
+    """
     best: tuple[str, list[str]] | None = None
     for name, module in model.named_modules():
         if not isinstance(module, _CONTAINERS):
             continue
         children = list(module.named_children())
-        if len(children) < 2 or len({type(c) for _, c in children}) != 1:
+        if not children or len({type(c) for _, c in children}) != 1:
             continue
         if not any(True for _ in children[0][1].children()):
+            continue
+        if len(children) == 1 and not _is_transformer_block(children[0][1]):
             continue
         if best is None or len(children) > len(best[1]):
             prefix = f"{name}." if name else ""

@@ -143,8 +143,7 @@ def block_targets(model) -> list[str]:
     With a cls-token head the last block's output and the final norm are left
     out: their patch tokens do not reach the class score (zero gradient). The
     same list as :func:`~napari_vitcam.targets.list_targets` less its
-    zero-gradient entries, without a probe, and also for a single-block model
-    (which ``list_targets`` does not recognise as a ViT).
+    zero-gradient entries, without a probe.
     """
     names = []
     for i in range(len(model.blocks)):

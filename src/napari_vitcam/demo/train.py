@@ -3,8 +3,10 @@
 Every step draws a fresh batch of generated volumes (seeds from
 :data:`TRAIN_SEED_START` on, so no training volume is ever shown twice and none
 is among the held-out evaluation seeds). A share of each batch is shown
-without its lesion, with the target 1/2 for each class, so that neither class
-can mean "no lesion of the other kind", and a token readout loss
+without its lesion (the lesion-free twins of volumes in the same batch), with
+the target 1/2 for each class, so that neither class can mean "no lesion of
+the other kind"; half of the lesion volumes are small lesions, the hardest
+to tell apart; and a token readout loss
 (:mod:`.token_readout`) holds every token outside the lesion to "no evidence".
 The model is the reference ViT with an attention-pooled head, for which
 Grad-CAM at the final norm is each token's own class score. A curriculum starts
@@ -81,29 +83,41 @@ def training_batch(
     contrasts: tuple[float, float],
     distractor_share: float,
     lesion_free_share: float,
+    small_share: float = 0.0,
+    twins: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normalised volumes (B, 1, D, H, W), target probabilities (B, 2) and lesion masks (B, D, H, W) for one step.
 
-    The first ``distractor_share`` of the volumes have distractors. The last
-    ``lesion_free_share`` are shown without their lesion (the tissue it would
-    cover) and with the target 1/2 for each class: no lesion, no evidence for
-    either class, so that both classes have to rest on the lesion itself; their
-    masks are empty.
+    The last ``lesion_free_share`` of the batch are shown without a lesion
+    (the tissue it would cover) and with the target 1/2 for each class: no
+    lesion, no evidence for either class, so that both classes have to rest on
+    the lesion itself; their masks are empty. With ``twins`` they are the
+    lesion-free twins of the batch's first lesion volumes (same tissue,
+    distractors and noise: the lesion is the only difference the model sees);
+    otherwise volumes of their own seeds. Of the volumes with a lesion, the
+    first ``small_share`` draw the diameter from the lower third of
+    ``diameters`` (small lesions are the hardest to classify). The first
+    ``distractor_share`` of the volumes generated have distractors.
     """
     n = len(seeds)
-    n_distractors = round(distractor_share * n)
     n_free = round(lesion_free_share * n)
-    volumes, targets, masks = [], [], []
-    for i, seed in enumerate(seeds):
-        sample = _generate(int(seed), 64, None, diameters, contrasts, i < n_distractors)
-        if i >= n - n_free:
-            volumes.append(sample.healthy)
-            targets.append(torch.full((2,), 0.5))
-            masks.append(torch.zeros_like(sample.mask))
-        else:
-            volumes.append(sample.volume)
-            targets.append(F.one_hot(torch.tensor(sample.label), 2).float())
-            masks.append(sample.mask)
+    n_lesion = n - n_free
+    sources = seeds[:n_lesion] if twins else seeds
+    n_small = round(small_share * n_lesion)
+    n_distractors = round(distractor_share * len(sources))
+    small = (diameters[0], diameters[0] + (diameters[1] - diameters[0]) / 3)
+    samples = [
+        _generate(int(seed), 64, None, small if i < n_small else diameters, contrasts, i < n_distractors)
+        for i, seed in enumerate(sources)
+    ]
+    volumes = [s.volume for s in samples[:n_lesion]]
+    targets = [F.one_hot(torch.tensor(s.label), 2).float() for s in samples[:n_lesion]]
+    masks = [s.mask for s in samples[:n_lesion]]
+    free = [samples[i % n_lesion] for i in range(n_free)] if twins and n_lesion else samples[n_lesion:]
+    for sample in free:
+        volumes.append(sample.healthy)
+        targets.append(torch.full((2,), 0.5))
+        masks.append(torch.zeros_like(sample.mask))
     return normalize_batch(torch.stack(volumes)[:, None]), torch.stack(targets), torch.stack(masks)
 
 
@@ -238,7 +252,8 @@ def train(args: argparse.Namespace, log=print) -> tuple[ViT3D, dict]:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, target, masks = training_batch(
-                range(seed, seed + args.batch), diameters, contrasts, with_distractors, args.lesion_free
+                range(seed, seed + args.batch), diameters, contrasts, with_distractors, args.lesion_free,
+                small_share=args.small_share, twins=args.lesion_free_source == "twin",
             )
             seed += args.batch
             with_lesion = target.max(1).values == 1.0
@@ -298,8 +313,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=Path("demo_vit.safetensors"), help="checkpoint to write")
     parser.add_argument("--install", action="store_true", help=f"write the checkpoint shipped with the package ({SHIPPED_CHECKPOINT.name})")
-    parser.add_argument("--steps", type=int, default=4000, help="most optimisation steps")
-    parser.add_argument("--minutes", type=float, default=26.0, help="time budget for the optimisation (0: none); the schedule ends with whichever of steps and minutes runs out first")
+    parser.add_argument("--steps", type=int, default=6000, help="most optimisation steps")
+    parser.add_argument("--minutes", type=float, default=27.0, help="time budget for the optimisation (0: none); the schedule ends with whichever of steps and minutes runs out first")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.05)
@@ -326,7 +341,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--init-gain", type=float, default=1.0, help="fan-in scaled initialisation of the linear layers (0: the ViT's own)")
     parser.add_argument("--label-smoothing", type=float, default=0.0)
-    parser.add_argument("--lesion-free", type=float, default=0.25, help="share of each batch shown without its lesion, with target 1/2 per class")
+    parser.add_argument("--lesion-free", type=float, default=0.375, help="share of each batch shown without its lesion, with target 1/2 per class")
+    parser.add_argument(
+        "--lesion-free-source", choices=("twin", "fresh"), default="twin",
+        help="lesion-free volumes: 'twin' the batch's own lesion volumes without their lesion, 'fresh' volumes of their own",
+    )
+    parser.add_argument(
+        "--small-share", type=float, default=0.5,
+        help="share of the lesion volumes whose diameter comes from the lower third of the current range",
+    )
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
