@@ -399,6 +399,7 @@ def e2e_rows(
 
 GUI_SHAPE: Triple = (256, 256, 256)
 STALL_TARGET_MS = 100.0  # the budget tests/test_gui_stall.py holds the widget to
+SETTLE_S = 1.0  # the new window draws itself for this long before the model is loaded
 GUI_BENCHMARK = "GUI: longest event-loop stall"
 
 
@@ -412,8 +413,10 @@ def gui_measure(job: dict) -> dict:
     """In this process: open a viewer with a volume, load the model in the widget, run it.
 
     The event loop runs under :func:`napari_vitcam.gui.stall.longest_stall`
-    while the model loads and while the run goes on, until half a second after
-    the heatmap layer is shown (so drawing it counts too).
+    while the new window first draws itself (:data:`SETTLE_S`, napari's own
+    start-up, reported apart), while the model loads and while the run goes
+    on, until half a second after the heatmap layer is shown (so drawing it
+    counts too).
     """
     import tempfile
     import time
@@ -435,6 +438,10 @@ def gui_measure(job: dict) -> dict:
             viewer.add_image(volume, name="volume", contrast_limits=(-3.0, 3.0))
             widget = VitcamWidget(viewer)
             viewer.window.add_dock_widget(widget)
+            # napari's own first draws of the new window, before any of ours: measured
+            # apart, so that they do not count as a stall of loading the model.
+            settle_until = time.perf_counter() + SETTLE_S
+            startup = longest_stall(lambda: time.perf_counter() >= settle_until, timeout_s=SETTLE_S + 60)
             ready: list = []
             widget.load_finished.connect(ready.append)
             widget.use_model(loaded)
@@ -465,6 +472,7 @@ def gui_measure(job: dict) -> dict:
         "run_ticks": run.ticks,
         "interval_s": run.interval_s,
         "load_longest_s": load.longest_s,
+        "startup_longest_s": startup.longest_s,
     }
 
 
@@ -479,7 +487,8 @@ def gui_row(report: dict, source: ModelSource) -> Row:
         stall_ms <= STALL_TARGET_MS,
         f"run took {fmt_seconds(report['run_duration_s'])} until 0.5 s after the heatmap was shown "
         f"({report['run_ticks']} ticks of a {1000 * report['interval_s']:.0f} ms timer); "
-        f"longest stall while the model loaded: {1000.0 * report['load_longest_s']:.0f} ms",
+        f"longest stall while the model loaded: {1000.0 * report['load_longest_s']:.0f} ms "
+        f"(napari's own first draws of the new window, before: {1000.0 * report['startup_longest_s']:.0f} ms)",
     )
 
 

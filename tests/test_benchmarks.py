@@ -210,13 +210,13 @@ def test_gui_row_reports_the_widget_measurement(monkeypatch):
     def child(flag, job, timeout=0):
         jobs.append((flag, job))
         return {"shape": job["shape"], "run_longest_s": 0.0421, "run_duration_s": 3.0, "run_ticks": 250,
-                "interval_s": 0.01, "load_longest_s": 0.2}
+                "interval_s": 0.01, "load_longest_s": 0.2, "startup_longest_s": 0.09}
 
     monkeypatch.setattr(bench, "child_in_subprocess", child)
     row = bench.gui_stall_row(source=bench.ModelSource("tiny", TINY), shape=(32, 32, 32))
     assert jobs[0][0] == "--gui-child" and jobs[0][1]["shape"] == [32, 32, 32]
     assert (row.row, row.result, row.met) == ("4", "42 ms", True)
-    assert "32^3" in row.case and "loaded: 200 ms" in row.details
+    assert "32^3" in row.case and "loaded: 200 ms" in row.details and "before: 90 ms" in row.details
     slow = child("--gui-child", {"shape": [8, 8, 8]}) | {"run_longest_s": 0.5}
     assert bench.gui_row(slow, bench.ModelSource("t")).met is False
 
