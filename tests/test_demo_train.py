@@ -1,11 +1,12 @@
 """The demo training command, end to end on a tiny budget, and its batches."""
 
+import math
+
+import pytest
 import torch
 
 from napari_vitcam.checkpoint import load_checkpoint
 from napari_vitcam.demo.evaluate import block_targets
-import math
-
 from napari_vitcam.demo.train import curriculum, main, normalize_batch, training_batch, zero_sum_head
 from napari_vitcam.demo.volumes import make_volume
 from napari_vitcam.vit import ViT3D
@@ -43,6 +44,8 @@ def test_training_batch_twins_are_the_lesion_volumes_without_their_lesion():
     assert bool((lesion_voxels[:3] <= largest_small).all())
     # fresh lesion-free volumes come from their own seeds instead
     x_fresh, _, _ = training_batch(seeds, diameters, contrasts, distractors, lesion_free_share=0.25, twins=False)
+    with pytest.raises(ValueError, match="need volumes with a lesion"):
+        training_batch(seeds, diameters, contrasts, distractors, lesion_free_share=1.0)
     v = make_volume(seeds[7], diameter_range=diameters, contrast_range=contrasts, with_healthy=True)
     torch.testing.assert_close(x_fresh[7], normalize_batch(torch.from_numpy(v.healthy)[None, None])[0])
 

@@ -61,7 +61,7 @@ class _Probed:
 
 def _is_transformer_block(module: nn.Module) -> bool:
     """A block with a ``norm1`` child, as in timm's, MONAI's and this package's ViTs."""
-    return isinstance(dict(module.named_children()).get("norm1"), nn.Module)
+    return "norm1" in dict(module.named_children())
 
 
 def find_block_list(model: nn.Module) -> tuple[str, list[str]] | None:

@@ -37,7 +37,8 @@ from ..checkpoint import load_checkpoint
 from ..engine import grad_cam
 from ..methods import METHODS
 from ..preprocess import prepare_input
-from ..spec import Normalization
+from ..spec import InputSpec, Normalization
+from ..targets import example_input, list_targets
 from ..token_grid import grid_from_patches
 from ..voxel_map import tokens_to_voxels
 from .volumes import make_volume
@@ -138,20 +139,16 @@ def occlusion_share(probs: torch.Tensor, probs_occluded: torch.Tensor, classes: 
 
 
 def block_targets(model) -> list[str]:
-    """Every block's ``norm1`` and output of a :class:`~napari_vitcam.vit.ViT3D` in forward order, then the final norm.
+    """The targets :func:`~napari_vitcam.targets.list_targets` finds for ``model``, less those with zero gradient.
 
-    With a cls-token head the last block's output and the final norm are left
-    out: their patch tokens do not reach the class score (zero gradient). The
-    same list as :func:`~napari_vitcam.targets.list_targets` less its
-    zero-gradient entries, without a probe.
+    For a :class:`~napari_vitcam.vit.ViT3D`: every block's ``norm1`` and
+    output in forward order, then the final norm; with a cls-token head the
+    last block's output and the final norm have no gradient at the patch
+    tokens and are left out.
     """
-    names = []
-    for i in range(len(model.blocks)):
-        names.append(f"blocks.{i}.norm1")
-        names.append(f"blocks.{i}")
-    if model.cls_token is not None:
-        return names[:-1]
-    return names + ["norm"]
+    spec = InputSpec(channels=model.config.in_channels, spatial_size=tuple(model.config.img_size))
+    example = example_input(spec, next(model.parameters()).device)
+    return [c.name for c in list_targets(model, example) if not c.zero_gradient]
 
 
 def _mean_rows(rows: list[dict]) -> dict[str, float]:
@@ -180,8 +177,6 @@ def evaluate_blocks(
     dict: per target (and :data:`RANDOM_BASELINE`) the mean of each metric, and
     under ``"_summary"`` accuracy, occlusion figures and counts.
     """
-    from ..spec import InputSpec
-
     model.eval()
     size = tuple(model.config.img_size)
     patch = tuple(model.config.patch_size)

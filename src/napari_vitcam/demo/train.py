@@ -102,6 +102,8 @@ def training_batch(
     n = len(seeds)
     n_free = round(lesion_free_share * n)
     n_lesion = n - n_free
+    if twins and n_free and not n_lesion:
+        raise ValueError("lesion-free twins need volumes with a lesion: use a lesion-free share below 1")
     sources = seeds[:n_lesion] if twins else seeds
     n_small = round(small_share * n_lesion)
     n_distractors = round(distractor_share * len(sources))
@@ -113,7 +115,7 @@ def training_batch(
     volumes = [s.volume for s in samples[:n_lesion]]
     targets = [F.one_hot(torch.tensor(s.label), 2).float() for s in samples[:n_lesion]]
     masks = [s.mask for s in samples[:n_lesion]]
-    free = [samples[i % n_lesion] for i in range(n_free)] if twins and n_lesion else samples[n_lesion:]
+    free = [samples[i % n_lesion] for i in range(n_free)] if twins else samples[n_lesion:]
     for sample in free:
         volumes.append(sample.healthy)
         targets.append(torch.full((2,), 0.5))
