@@ -11,7 +11,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -72,7 +72,7 @@ class Ratio:
     rounds: int
 
     @classmethod
-    def of(cls, numerator: Sequence[float], denominator: Sequence[float]) -> "Ratio":
+    def of(cls, numerator: Sequence[float], denominator: Sequence[float]) -> Ratio:
         ratios = round_ratios(numerator, denominator)
         return cls(median(ratios), min(ratios), max(ratios), len(ratios))
 
@@ -304,7 +304,7 @@ def machine_description() -> dict[str, str]:
     import torch
 
     info = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_model(),
         "logical cores": str(os.cpu_count()),
     }
@@ -318,7 +318,9 @@ def machine_description() -> dict[str, str]:
     info["memory"] = fmt_bytes(memory) if memory else "unknown"
     info["os"] = f"{platform.system()} {platform.release()}"
     info["python"] = platform.python_version()
-    info["torch"] = f"{torch.__version__} (intra-op threads {torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()})"
+    info["torch"] = (
+        f"{torch.__version__} (intra-op threads {torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()})"
+    )
     info["numpy"] = np.__version__
     try:
         import scipy

@@ -102,9 +102,9 @@ class ModelSource:
 
     def load(self):
         """A :class:`LoadedModel` on the CPU."""
-        from napari_vitcam.loaded_model import LoadedModel
-        from napari_vitcam.spec import InputSpec, ModelSpec, Normalization
-        from napari_vitcam.vit import ViT3D, ViTConfig
+        from napari_vitcam.models.architectures.vit3d import ViT3D, ViTConfig
+        from napari_vitcam.models.loaded_model import LoadedModel
+        from napari_vitcam.models.spec import InputSpec, ModelSpec, Normalization
 
         if self.checkpoint is not None:
             from napari_vitcam import load_checkpoint  # type: ignore[attr-defined]
@@ -130,7 +130,7 @@ def describe_vit(config) -> str:
 
 def demo_source() -> ModelSource:
     """The shipped demo checkpoint when present and loadable, otherwise the stand-in config."""
-    from napari_vitcam.vit import ViTConfig
+    from napari_vitcam.models.architectures.vit3d import ViTConfig
 
     path = demo_checkpoint_path()
     why = "no shipped checkpoint"
@@ -148,7 +148,7 @@ def demo_source() -> ModelSource:
 
 
 def vit_b_source() -> ModelSource:
-    from napari_vitcam.vit import ViTConfig
+    from napari_vitcam.models.architectures.vit3d import ViTConfig
 
     return ModelSource(f"ViT-B-like ({describe_vit(ViTConfig(**VIT_B_LIKE))})", VIT_B_LIKE)
 
@@ -158,7 +158,7 @@ def vit_b_source() -> ModelSource:
 
 def overhead_rows(sources: Sequence[ModelSource], rounds: int, device: torch.device) -> list[Row]:
     """grad_cam (voxel map included) / plain forward+backward, for the recommended and the first block."""
-    from napari_vitcam.engine import grad_cam
+    from napari_vitcam.engine.cam import grad_cam
 
     rows = []
     for source in sources:
@@ -216,8 +216,8 @@ def overhead_rows(sources: Sequence[ModelSource], rounds: int, device: torch.dev
 
 def hot_token_offsets(grid_shape: Triple, out_shape: Triple, token: Triple, device: torch.device) -> dict[str, float]:
     """Peak-to-patch-centre distance (voxels) of a one-hot token map, for each method."""
-    from napari_vitcam.token_grid import TokenGrid
-    from napari_vitcam.voxel_map import tokens_to_voxels
+    from napari_vitcam.engine.token_grid import TokenGrid
+    from napari_vitcam.engine.voxel_map import tokens_to_voxels
 
     cell = tuple(o / g for o, g in zip(out_shape, grid_shape))
     grid = TokenGrid(tuple(grid_shape), cell, tuple(out_shape))
@@ -233,8 +233,8 @@ def hot_token_offsets(grid_shape: Triple, out_shape: Triple, token: Triple, devi
 
 def voxel_map_rows(cases: Sequence[tuple[Triple, Triple]], rounds: int, device: torch.device) -> list[Row]:
     """tokens_to_voxels ("smooth", "patch") on ``device`` against scipy zoom(order=3) on the CPU."""
-    from napari_vitcam.token_grid import TokenGrid
-    from napari_vitcam.voxel_map import tokens_to_voxels
+    from napari_vitcam.engine.token_grid import TokenGrid
+    from napari_vitcam.engine.voxel_map import tokens_to_voxels
 
     rows = []
     for grid_shape, out_shape in cases:
@@ -285,7 +285,7 @@ def e2e_measure(job: dict) -> dict:
     Run it in a fresh process (``--e2e-child``) so that peaks of earlier cases
     do not mix in.
     """
-    from napari_vitcam.explain import explain_volume
+    from napari_vitcam.pipeline.explain import explain_volume
 
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
@@ -380,17 +380,36 @@ def e2e_rows(
     ram = total_memory()
     for device, why in (skipped or {}).items():
         for shape in shapes:
-            rows.append(Row("3", "explain_volume end to end", f"{shape_text(shape)} float32 volume on {device}", f"not measured: {why}"))
+            rows.append(
+                Row(
+                    "3",
+                    "explain_volume end to end",
+                    f"{shape_text(shape)} float32 volume on {device}",
+                    f"not measured: {why}",
+                )
+            )
     for device in devices:
         for shape in shapes:
             log(f"row 3: {shape_text(shape)} on {device}")
-            job = {"source": asdict(source), "shape": list(shape), "device": device, "rounds": rounds, "threads": threads}
+            job = {
+                "source": asdict(source),
+                "shape": list(shape),
+                "device": device,
+                "rounds": rounds,
+                "threads": threads,
+            }
             try:
                 rows.append(e2e_row(e2e_in_subprocess(job), source, ram))
             except (RuntimeError, subprocess.TimeoutExpired) as error:
                 rows.append(
-                    Row("3", "explain_volume end to end", f"{shape_text(shape)} float32 volume on {device}",
-                        f"failed: {error}", "fits in memory", False)
+                    Row(
+                        "3",
+                        "explain_volume end to end",
+                        f"{shape_text(shape)} float32 volume on {device}",
+                        f"failed: {error}",
+                        "fits in memory",
+                        False,
+                    )
                 )
     return rows
 
@@ -412,7 +431,7 @@ def _has_display() -> bool:
 def gui_measure(job: dict) -> dict:
     """In this process: open a viewer with a volume, load the model in the widget, run it.
 
-    The event loop runs under :func:`napari_vitcam.gui.stall.longest_stall`
+    The event loop runs under :func:`napari_vitcam.testing.stall.longest_stall`
     while the new window first draws itself (:data:`SETTLE_S`, napari's own
     start-up, reported apart), while the model loads and while the run goes
     on, until half a second after the heatmap layer is shown (so drawing it
@@ -423,9 +442,9 @@ def gui_measure(job: dict) -> dict:
 
     import napari
 
-    from napari_vitcam.gui.recent import CONFIG_DIR_VARIABLE
-    from napari_vitcam.gui.stall import longest_stall
-    from napari_vitcam.gui.widget import VitcamWidget
+    from napari_vitcam._napari.recent import CONFIG_DIR_VARIABLE
+    from napari_vitcam._napari.widget import VitcamWidget
+    from napari_vitcam.testing.stall import longest_stall
 
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
@@ -492,9 +511,10 @@ def gui_row(report: dict, source: ModelSource) -> Row:
     )
 
 
-def gui_stall_row(quick: bool = False, source: ModelSource | None = None, shape: Triple = GUI_SHAPE,
-                  threads: int | None = None) -> Row:
-    """The longest event-loop stall during a widget run (napari_vitcam.gui.stall), in a fresh process.
+def gui_stall_row(
+    quick: bool = False, source: ModelSource | None = None, shape: Triple = GUI_SHAPE, threads: int | None = None
+) -> Row:
+    """The longest event-loop stall during a widget run (napari_vitcam.testing.stall), in a fresh process.
 
     Needs a display (``xvfb-run -a``) and the GUI extras; anything missing or
     failing gives a "not measured: <reason>" row.
@@ -510,7 +530,7 @@ def gui_stall_row(quick: bool = False, source: ModelSource | None = None, shape:
 
     if not _has_display():
         return missing("no display (run under `xvfb-run -a`)")
-    for module in ("napari", "napari_vitcam.gui.stall", "napari_vitcam.gui.widget"):
+    for module in ("napari", "napari_vitcam.testing.stall", "napari_vitcam._napari.widget"):
         try:
             found = importlib.util.find_spec(module) is not None
         except ImportError:
@@ -574,7 +594,9 @@ def run_plan(plan: Plan) -> list[Row]:
     rows: list[Row] = []
     if 1 in plan.rows:
         if main_device is None:
-            rows.append(Row("1", "overhead: grad_cam incl. voxel map / forward+backward", "cuda", f"not measured: {no_gpu}"))
+            rows.append(
+                Row("1", "overhead: grad_cam incl. voxel map / forward+backward", "cuda", f"not measured: {no_gpu}")
+            )
         else:
             rows += overhead_rows([demo_source(), vit_b_source()], plan.rounds[1], main_device)
     if 2 in plan.rows:

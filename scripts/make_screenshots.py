@@ -11,8 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from napari_vitcam.gui.demo_app import DemoSession, open_viewer, shipped_checkpoint, wait_until_done
-from napari_vitcam.gui.sample_data import DEFAULT_SEED
+from napari_vitcam.demo.app import DemoSession, open_viewer, wait_until_done
+from napari_vitcam.demo.sample_data import DEFAULT_SEED
+from napari_vitcam.demo.shipped import shipped_checkpoint
 
 IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
 WINDOW = (1500, 900)

@@ -4,10 +4,7 @@ The engine (``grad_cam``, ``explain_volume``, ``load_checkpoint``) is pure
 torch/numpy and works without Qt or napari.
 """
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .devices import available_devices, pick_device
-from .engine import CamResult, grad_cam
-from .errors import (
+from napari_vitcam.core.errors import (
     Cancelled,
     CheckpointError,
     DegenerateTargetError,
@@ -21,19 +18,23 @@ from .errors import (
     UntrustedCheckpointError,
     VitcamError,
 )
-from .explain import VolumeExplanation, explain_volume
-from .loaded_model import LoadedModel
-from .methods import METHODS
-from .spec import InputSpec, ModelSpec, Normalization
-from .targets import TargetCandidate, list_targets, recommended_target, targets_for
-from .token_grid import TokenGrid
-from .vit import ViT3D, ViTConfig
-from .voxel_map import tokens_to_voxels
+from napari_vitcam.engine.cam import CamResult, grad_cam
+from napari_vitcam.engine.explainers import EXPLAINERS
+from napari_vitcam.engine.targets import TargetCandidate, list_targets, recommended_target
+from napari_vitcam.engine.token_grid import TokenGrid
+from napari_vitcam.engine.voxel_map import tokens_to_voxels
+from napari_vitcam.models.architectures.vit3d import ViT3D, ViTConfig
+from napari_vitcam.models.checkpoint import load_checkpoint, save_checkpoint
+from napari_vitcam.models.loaded_model import LoadedModel
+from napari_vitcam.models.spec import InputSpec, ModelSpec, Normalization
+from napari_vitcam.models.targets import targets_for
+from napari_vitcam.pipeline.devices import available_devices, pick_device
+from napari_vitcam.pipeline.explain import VolumeExplanation, explain_volume
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "METHODS",
+    "EXPLAINERS",
     "CamResult",
     "Cancelled",
     "CheckpointError",

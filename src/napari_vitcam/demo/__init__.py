@@ -8,6 +8,6 @@
 Pure numpy/torch: nothing here needs Qt or napari.
 """
 
-from .volumes import CLASS_NAMES, DemoVolume, make_batch, make_volume
+from napari_vitcam.demo.volumes import CLASS_NAMES, DemoVolume, make_batch, make_volume
 
 __all__ = ["CLASS_NAMES", "DemoVolume", "make_batch", "make_volume"]

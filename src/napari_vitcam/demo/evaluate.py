@@ -33,15 +33,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import load_checkpoint
-from ..engine import grad_cam
-from ..methods import METHODS
-from ..preprocess import prepare_input
-from ..spec import InputSpec, Normalization
-from ..targets import example_input, list_targets
-from ..token_grid import grid_from_patches
-from ..voxel_map import tokens_to_voxels
-from .volumes import make_volume
+from napari_vitcam.core.vocabulary import UPSAMPLE_MODES
+from napari_vitcam.demo.shipped import SHIPPED_CHECKPOINT, VALIDATION_SEED_START
+from napari_vitcam.demo.volumes import make_volume
+from napari_vitcam.engine.cam import grad_cam
+from napari_vitcam.engine.explainers import EXPLAINERS
+from napari_vitcam.engine.targets import list_targets
+from napari_vitcam.engine.token_grid import grid_from_patches
+from napari_vitcam.engine.voxel_map import tokens_to_voxels
+from napari_vitcam.models.checkpoint import load_checkpoint
+from napari_vitcam.models.spec import InputSpec, Normalization
+from napari_vitcam.models.targets import example_input
+from napari_vitcam.pipeline.preprocess import prepare_input
 
 RANDOM_BASELINE = "random map"
 METRICS = ("pointing_strict", "pointing_tolerant", "mass", "iou")
@@ -116,7 +119,9 @@ def heatmap_scores(heatmap, mask, tolerance: float) -> dict[str, float]:
     }
 
 
-def random_heatmap(model_input_shape: Sequence[int], patch_size: Sequence[int], generator: torch.Generator) -> np.ndarray:
+def random_heatmap(
+    model_input_shape: Sequence[int], patch_size: Sequence[int], generator: torch.Generator
+) -> np.ndarray:
     """A random map at the model's resolution: uniform token values, upsampled like Grad-CAM's."""
     grid = grid_from_patches(tuple(model_input_shape), tuple(patch_size))
     tokens = torch.rand((1, *grid.shape), generator=generator)
@@ -139,9 +144,9 @@ def occlusion_share(probs: torch.Tensor, probs_occluded: torch.Tensor, classes: 
 
 
 def block_targets(model) -> list[str]:
-    """The targets :func:`~napari_vitcam.targets.list_targets` finds for ``model``, less those with zero gradient.
+    """The targets :func:`~napari_vitcam.engine.targets.list_targets` finds for ``model``, less those with zero gradient.
 
-    For a :class:`~napari_vitcam.vit.ViT3D`: every block's ``norm1`` and
+    For a :class:`~napari_vitcam.models.architectures.vit3d.ViT3D`: every block's ``norm1`` and
     output in forward order, then the final norm; with a cls-token head the
     last block's output and the final norm have no gradient at the patch
     tokens and are left out.
@@ -173,7 +178,7 @@ def evaluate_blocks(
     """Accuracy, lesion occlusion and per-target localisation metrics over ``seeds``.
 
     Volumes are normalised with ``normalization`` exactly as the explanation
-    pipeline does (:func:`~napari_vitcam.preprocess.prepare_input`). Returns a
+    pipeline does (:func:`~napari_vitcam.pipeline.preprocess.prepare_input`). Returns a
     dict: per target (and :data:`RANDOM_BASELINE`) the mean of each metric, and
     under ``"_summary"`` accuracy, occlusion figures and counts.
     """
@@ -191,7 +196,7 @@ def evaluate_blocks(
     correct, occluded, shares, drops, n = 0, 0, [], [], 0
     seeds = list(seeds)
     for first in range(0, len(seeds), batch):
-        volumes = [make_volume(s, size=size[0], with_healthy=True) for s in seeds[first:first + batch]]
+        volumes = [make_volume(s, size=size[0], with_healthy=True) for s in seeds[first : first + batch]]
         x = torch.cat([prepare_input(v.volume, spec, device) for v in volumes])
         healthy = torch.cat([prepare_input(v.healthy, spec, device) for v in volumes])
         labels = torch.tensor([v.label for v in volumes], device=device)
@@ -232,9 +237,7 @@ def evaluate_blocks(
 
 
 def load_demo_model(path: str | Path | None = None):
-    """The demo model as a :class:`~napari_vitcam.loaded_model.LoadedModel` (the shipped one by default)."""
-    from .train import SHIPPED_CHECKPOINT
-
+    """The demo model as a :class:`~napari_vitcam.models.loaded_model.LoadedModel` (the shipped one by default)."""
     return load_checkpoint(Path(path) if path is not None else SHIPPED_CHECKPOINT)
 
 
@@ -269,16 +272,30 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="napari-vitcam evaluate-demo",
         description="Accuracy, lesion occlusion and Grad-CAM localisation of the demo model on held-out volumes.",
     )
-    parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint to evaluate (default: the shipped demo model)")
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None, help="checkpoint to evaluate (default: the shipped demo model)"
+    )
     parser.add_argument("-n", "--volumes", type=int, default=200, help="number of held-out volumes")
     parser.add_argument("--start", type=int, default=0, help="first seed (held-out seeds are 0 .. 4,999,999)")
-    parser.add_argument("--targets", nargs="*", default=None, help="targets to explain at (default: every block's norm1 and output, and the final norm, where the score has a gradient)")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--upsample", choices=("smooth", "patch"), default="smooth")
-    parser.add_argument("--explain", choices=("predicted", "true"), default="predicted", help="class to explain")
-    parser.add_argument("--method", choices=sorted(METHODS), default="gradcam", help="CAM method (default: Grad-CAM, the method the results in docs/evaluation.md are for)")
     parser.add_argument(
-        "--occlusion-share", type=float, default=0.5,
+        "--targets",
+        nargs="*",
+        default=None,
+        help="targets to explain at (default: every block's norm1 and output, and the final norm, where the score has a gradient)",
+    )
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--upsample", choices=UPSAMPLE_MODES, default="smooth")
+    parser.add_argument("--explain", choices=("predicted", "true"), default="predicted", help="class to explain")
+    parser.add_argument(
+        "--method",
+        choices=sorted(EXPLAINERS),
+        default="gradcam",
+        help="CAM method (default: Grad-CAM, the method the results in docs/evaluation.md are for)",
+    )
+    parser.add_argument(
+        "--occlusion-share",
+        type=float,
+        default=0.5,
         help="share of the confidence above chance that removing the lesion must take away to count as a change",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -287,8 +304,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from .train import VALIDATION_SEED_START
-
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

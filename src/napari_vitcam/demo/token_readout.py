@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..vit import ViT3D
+from napari_vitcam.models.architectures.vit3d import ViT3D
 
 
 class ReadoutCapture:
@@ -40,7 +40,7 @@ class ReadoutCapture:
         self.pooling: torch.Tensor | None = None
         self._handles: list = []
 
-    def __enter__(self) -> "ReadoutCapture":
+    def __enter__(self) -> ReadoutCapture:
         if self.pooled:
             self._handles.append(self.model.norm.register_forward_hook(lambda m, i, output: self._keep(output)))
         else:
@@ -49,7 +49,9 @@ class ReadoutCapture:
             )
         if self.model.attn_pool is not None:
             self._handles.append(
-                self.model.attn_pool.weights.register_forward_hook(lambda m, i, output: setattr(self, "pooling", output))
+                self.model.attn_pool.weights.register_forward_hook(
+                    lambda m, i, output: setattr(self, "pooling", output)
+                )
             )
         return self
 
@@ -84,7 +86,7 @@ def readout_logits(model: ViT3D, block_input: torch.Tensor) -> torch.Tensor:
     cls = block_input[:, :1]
     tokens = block.norm1(block_input[:, 1:])
     qkv = block.attn.qkv
-    values = F.linear(tokens, qkv.weight[2 * width:], qkv.bias[2 * width:])
+    values = F.linear(tokens, qkv.weight[2 * width :], qkv.bias[2 * width :])
     read = cls + block.attn.proj(values)
     read = read + block.mlp(block.norm2(read))
     return model.head(model.norm(read))

@@ -27,23 +27,18 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import save_checkpoint
-from ..preprocess import normalize_volume
-from ..spec import InputSpec, ModelSpec, Normalization
-from ..vit import POOLS, ViT3D, ViTConfig
-from .token_readout import ReadoutCapture, pooling_on_lesion_loss, readout_loss, token_lesion_share
-from .volumes import CLASS_NAMES, CONTRAST_RANGE, DIAMETER_RANGE, _generate, make_batch
+from napari_vitcam.demo.evaluate import evaluate_blocks
+from napari_vitcam.demo.shipped import SHIPPED_CHECKPOINT, TRAIN_SEED_START, VALIDATION_SEED_START
+from napari_vitcam.demo.token_readout import ReadoutCapture, pooling_on_lesion_loss, readout_loss, token_lesion_share
+from napari_vitcam.demo.volumes import CLASS_NAMES, CONTRAST_RANGE, DIAMETER_RANGE, _generate, make_batch
+from napari_vitcam.models.architectures.vit3d import POOLS, ViT3D, ViTConfig
+from napari_vitcam.models.checkpoint import save_checkpoint
+from napari_vitcam.models.spec import InputSpec, ModelSpec, Normalization
+from napari_vitcam.pipeline.preprocess import normalize_volume
 
-#: Training seeds start here; evaluation uses seeds below :data:`VALIDATION_SEED_START`.
-TRAIN_SEED_START = 10_000_000
-#: Seeds used to choose the recommended block (disjoint from training and evaluation).
-VALIDATION_SEED_START = 5_000_000
-#: Where the shipped checkpoint lives inside the package.
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "demo_vit.safetensors"
 #: The demo model's input normalisation: z-score over the whole volume. It
 #: removes the per-volume gain and offset, and a lesion is too small a share of
 #: the volume to move the statistics.
@@ -184,8 +179,6 @@ def zero_sum_head(model: ViT3D) -> None:
 
 def choose_block(model: ViT3D, n_volumes: int, log=print) -> tuple[str, dict]:
     """The block target whose Grad-CAM points at the lesion most often on validation volumes."""
-    from .evaluate import evaluate_blocks
-
     seeds = range(VALIDATION_SEED_START, VALIDATION_SEED_START + n_volumes)
     results = evaluate_blocks(model, seeds, normalization=NORMALIZATION, baseline=False)
     blocks = [name for name in results if not name.startswith("_")]
@@ -226,7 +219,9 @@ def train(args: argparse.Namespace, log=print) -> tuple[ViT3D, dict]:
         lr=args.lr,
         betas=(0.9, 0.99),
     )
-    val_x, val_y, _ = make_batch(range(VALIDATION_SEED_START + 100_000, VALIDATION_SEED_START + 100_000 + args.val_volumes))
+    val_x, val_y, _ = make_batch(
+        range(VALIDATION_SEED_START + 100_000, VALIDATION_SEED_START + 100_000 + args.val_volumes)
+    )
     val_x = normalize_batch(val_x)
 
     needs_capture = args.readout_weight > 0 or args.pooling_weight > 0
@@ -248,14 +243,21 @@ def train(args: argparse.Namespace, log=print) -> tuple[ViT3D, dict]:
             # Harder lesions once the current ones are learnt, and at the latest on schedule.
             if accuracy_ema >= args.advance_at:
                 level += 1.0 / args.level_steps
-            level = min(1.0, max(level, (progress - args.curriculum_start) / max(1e-9, args.curriculum - args.curriculum_start)))
+            level = min(
+                1.0, max(level, (progress - args.curriculum_start) / max(1e-9, args.curriculum - args.curriculum_start))
+            )
             diameters, contrasts, with_distractors = curriculum(level)
             lr = learning_rate(progress, args.lr, args.warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, target, masks = training_batch(
-                range(seed, seed + args.batch), diameters, contrasts, with_distractors, args.lesion_free,
-                small_share=args.small_share, twins=args.lesion_free_source == "twin",
+                range(seed, seed + args.batch),
+                diameters,
+                contrasts,
+                with_distractors,
+                args.lesion_free,
+                small_share=args.small_share,
+                twins=args.lesion_free_source == "twin",
             )
             seed += args.batch
             with_lesion = target.max(1).values == 1.0
@@ -298,7 +300,9 @@ def train(args: argparse.Namespace, log=print) -> tuple[ViT3D, dict]:
                 )
                 running_loss, running_correct, running_n = 0.0, 0, 0
                 if args.state:
-                    torch.save({"state_dict": model.state_dict(), "config": model.config.to_dict(), "step": step}, args.state)
+                    torch.save(
+                        {"state_dict": model.state_dict(), "config": model.config.to_dict(), "step": step}, args.state
+                    )
     zero_sum_head(model)
     model.eval()
     seconds = time.perf_counter() - start
@@ -314,57 +318,108 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Train the demo 3D ViT (patch 8) on generated solid/ring lesion volumes.",
     )
     parser.add_argument("--out", type=Path, default=Path("demo_vit.safetensors"), help="checkpoint to write")
-    parser.add_argument("--install", action="store_true", help=f"write the checkpoint shipped with the package ({SHIPPED_CHECKPOINT.name})")
+    parser.add_argument(
+        "--install",
+        action="store_true",
+        help=f"write the checkpoint shipped with the package ({SHIPPED_CHECKPOINT.name})",
+    )
     parser.add_argument("--steps", type=int, default=6000, help="most optimisation steps")
-    parser.add_argument("--minutes", type=float, default=27.0, help="time budget for the optimisation (0: none); the schedule ends with whichever of steps and minutes runs out first")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=27.0,
+        help="time budget for the optimisation (0: none); the schedule ends with whichever of steps and minutes runs out first",
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--warmup", type=float, default=0.03, help="warm-up, as a fraction of training")
-    parser.add_argument("--curriculum-start", type=float, default=0.1, help="fraction of training after which the curriculum is pushed on schedule")
-    parser.add_argument("--curriculum", type=float, default=0.5, help="fraction of training by which lesions reach the full range")
-    parser.add_argument("--advance-at", type=float, default=0.9, help="running training accuracy above which lesions get harder")
-    parser.add_argument("--level-steps", type=int, default=600, help="steps from the easiest lesions to the full range when advancing on accuracy")
     parser.add_argument(
-        "--readout-weight", type=float, default=1.0,
+        "--curriculum-start",
+        type=float,
+        default=0.1,
+        help="fraction of training after which the curriculum is pushed on schedule",
+    )
+    parser.add_argument(
+        "--curriculum", type=float, default=0.5, help="fraction of training by which lesions reach the full range"
+    )
+    parser.add_argument(
+        "--advance-at", type=float, default=0.9, help="running training accuracy above which lesions get harder"
+    )
+    parser.add_argument(
+        "--level-steps",
+        type=int,
+        default=600,
+        help="steps from the easiest lesions to the full range when advancing on accuracy",
+    )
+    parser.add_argument(
+        "--readout-weight",
+        type=float,
+        default=1.0,
         help="weight of the token readout loss (0: none): tokens outside the lesion, read alone by the head, must give no evidence",
     )
     parser.add_argument(
-        "--pooling-weight", type=float, default=0.3,
+        "--pooling-weight",
+        type=float,
+        default=0.3,
         help="weight of a loss that puts the attention pooling on the lesion's tokens (0: none; attention-pooled head only)",
     )
     parser.add_argument(
-        "--readout-top", type=int, default=8,
+        "--readout-top",
+        type=int,
+        default=8,
         help="also weigh each volume's this many most opinionated neutral tokens (0: only the mean over all)",
     )
     parser.add_argument(
-        "--readout-tokens", choices=("outside", "free"), default="outside",
+        "--readout-tokens",
+        choices=("outside", "free"),
+        default="outside",
         help="tokens held to no evidence: 'outside' every token whose patch holds no lesion voxel, 'free' only those of lesion-free volumes",
     )
-    parser.add_argument("--init-gain", type=float, default=1.0, help="fan-in scaled initialisation of the linear layers (0: the ViT's own)")
-    parser.add_argument("--label-smoothing", type=float, default=0.0)
-    parser.add_argument("--lesion-free", type=float, default=0.375, help="share of each batch shown without its lesion, with target 1/2 per class")
     parser.add_argument(
-        "--lesion-free-source", choices=("twin", "fresh"), default="twin",
+        "--init-gain",
+        type=float,
+        default=1.0,
+        help="fan-in scaled initialisation of the linear layers (0: the ViT's own)",
+    )
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument(
+        "--lesion-free",
+        type=float,
+        default=0.375,
+        help="share of each batch shown without its lesion, with target 1/2 per class",
+    )
+    parser.add_argument(
+        "--lesion-free-source",
+        choices=("twin", "fresh"),
+        default="twin",
         help="lesion-free volumes: 'twin' the batch's own lesion volumes without their lesion, 'fresh' volumes of their own",
     )
     parser.add_argument(
-        "--small-share", type=float, default=0.5,
+        "--small-share",
+        type=float,
+        default=0.5,
         help="share of the lesion volumes whose diameter comes from the lower third of the current range",
     )
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument(
-        "--pool", choices=POOLS, default="attn",
+        "--pool",
+        choices=POOLS,
+        default="attn",
         help="head on the cls token, the mean of the patch tokens or their attention-weighted mean",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--val-volumes", type=int, default=64, help="volumes for the accuracy printed while training")
-    parser.add_argument("--block-volumes", type=int, default=40, help="validation volumes used to choose the recommended block")
+    parser.add_argument(
+        "--block-volumes", type=int, default=40, help="validation volumes used to choose the recommended block"
+    )
     parser.add_argument("--log-every", type=int, default=50)
-    parser.add_argument("--state", type=Path, default=None, help="also save the state_dict here while training (torch .pt)")
+    parser.add_argument(
+        "--state", type=Path, default=None, help="also save the state_dict here while training (torch .pt)"
+    )
     return parser.parse_args(argv)
 
 

@@ -98,18 +98,14 @@ def _soft_inside(distance: torch.Tensor, radius: float, edge: float) -> torch.Te
 
 def _box(low, high, size: int) -> tuple[slice, slice, slice]:
     """The voxel box (as slices) covering ``low..high`` on each axis, clipped to the volume."""
-    return tuple(
-        slice(max(0, int(np.floor(lo))), max(0, min(size, int(np.ceil(hi)) + 1))) for lo, hi in zip(low, high)
-    )  # type: ignore[return-value]
+    return tuple(slice(max(0, int(np.floor(lo))), max(0, min(size, int(np.ceil(hi)) + 1))) for lo, hi in zip(low, high))  # type: ignore[return-value]
 
 
 def _box_distance(center, box, size: int) -> torch.Tensor:
     """Distance of every voxel of ``box`` to ``center``."""
     z, y, x = _grid(size)
     zs, ys, xs = box
-    return (
-        (z[zs] - center[0]) ** 2 + (y[:, ys] - center[1]) ** 2 + (x[:, :, xs] - center[2]) ** 2
-    ).sqrt_()
+    return ((z[zs] - center[0]) ** 2 + (y[:, ys] - center[1]) ** 2 + (x[:, :, xs] - center[2]) ** 2).sqrt_()
 
 
 def _add_sphere(target: torch.Tensor, center, radius: float, amount: float, edge: float = 0.6) -> None:
@@ -128,7 +124,9 @@ def _max_segment(target: torch.Tensor, a: np.ndarray, b: np.ndarray, radius: flo
     z, y, x = z[zs], y[:, ys], x[:, :, xs]
     ab = b - a
     length2 = float(ab @ ab) or 1.0
-    t = (((z - a[0]) * (ab[0] / length2) + (y - a[1]) * (ab[1] / length2)) + (x - a[2]) * (ab[2] / length2)).clamp_(0.0, 1.0)
+    t = (((z - a[0]) * (ab[0] / length2) + (y - a[1]) * (ab[1] / length2)) + (x - a[2]) * (ab[2] / length2)).clamp_(
+        0.0, 1.0
+    )
     d = ((z - a[0] - t * ab[0]) ** 2 + (y - a[1] - t * ab[1]) ** 2 + (x - a[2] - t * ab[2]) ** 2).sqrt_()
     torch.maximum(target[box], amount * _soft_inside(d, radius, 0.5), out=target[box])
 
@@ -318,9 +316,7 @@ def make_batch(
     distractors: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Raw volumes (B, 1, D, H, W), labels (B,) and masks (B, D, H, W) for ``seeds``, as tensors."""
-    samples = [
-        _generate(int(s), int(size), None, diameter_range, contrast_range, distractors) for s in seeds
-    ]
+    samples = [_generate(int(s), int(size), None, diameter_range, contrast_range, distractors) for s in seeds]
     volumes = torch.stack([s.volume for s in samples])[:, None]
     labels = torch.tensor([s.label for s in samples], dtype=torch.long)
     masks = torch.stack([s.mask for s in samples])

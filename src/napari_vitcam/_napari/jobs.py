@@ -1,0 +1,216 @@
+"""Loading and explaining off the GUI thread, reporting stages, cancellable.
+
+Each job is a napari function worker running a *task*: a plain function
+``task(progress, cancel)`` that reports stage names through ``progress`` and
+stops with :class:`~napari_vitcam.core.errors.Cancelled` once ``cancel`` is set.
+Errors come back as a :class:`Failure` result: expected ones
+(:class:`~napari_vitcam.core.errors.VitcamError`) for the GUI to word, anything
+else marked unexpected, for napari's error notification with its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from napari.layers import Layer
+from napari.qt.threading import FunctionWorker
+from qtpy.QtCore import QObject, Signal
+
+from napari_vitcam._napari.layer_input import VolumeSelection
+from napari_vitcam.core.errors import Cancelled, VitcamError
+from napari_vitcam.engine.targets import TargetCandidate
+from napari_vitcam.models.loaded_model import LoadedModel
+from napari_vitcam.models.targets import targets_for
+from napari_vitcam.pipeline.explain import VolumeExplanation, explain_volume
+
+Progress = Callable[[str], None]
+Task = Callable[[Progress, threading.Event], object]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A job that ended with an error, or was cancelled. ``expected``: a :class:`VitcamError`."""
+
+    error: Exception
+    expected: bool = True
+
+    @property
+    def cancelled(self) -> bool:
+        return isinstance(self.error, Cancelled)
+
+
+@dataclass(frozen=True)
+class ModelReady:
+    """A model and its target candidates, ready to explain with."""
+
+    loaded: LoadedModel
+    targets: list[TargetCandidate]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ExplainRequest:
+    """Everything one run needs, captured on the GUI thread when Run is pressed.
+
+    ``source`` is the layer the data came from; the worker never touches it.
+    ``class_label`` (as the user chose it) and ``keep_previous`` are for
+    showing the result.
+    """
+
+    loaded: LoadedModel
+    source: Layer
+    data: object
+    selection: VolumeSelection
+    target_layer: str
+    class_idx: int | str | None
+    method: str
+    upsample: str
+    device: str
+    class_label: str = "predicted"
+    keep_previous: bool = False
+
+
+@dataclass(frozen=True)
+class ExplainDone:
+    """A finished run: the explanation and its heatmap at the source layer's data shape."""
+
+    request: ExplainRequest
+    explanation: VolumeExplanation
+    heatmap: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+#: What a model raises when the input does not fit it (wrong channels, size or dtype).
+def _checkpoint_loader():
+    from napari_vitcam.models.checkpoint import load_checkpoint
+
+    return load_checkpoint
+
+
+def load_task(path: str | os.PathLike, *, trust: bool = False) -> Task:
+    """Read a checkpoint (on the CPU) and probe its target candidates."""
+
+    def task(progress: Progress, cancel: threading.Event) -> ModelReady:
+        progress("load")
+        start = time.perf_counter()
+        loaded = _checkpoint_loader()(path, trust=trust)
+        if cancel.is_set():
+            raise Cancelled("cancelled")
+        return ModelReady(loaded, _probe_targets(loaded), time.perf_counter() - start)
+
+    return task
+
+
+def model_task(loaded: LoadedModel) -> Task:
+    """Probe the target candidates of a model built in memory."""
+
+    def task(progress: Progress, cancel: threading.Event) -> ModelReady:
+        progress("load")
+        start = time.perf_counter()
+        return ModelReady(loaded, _probe_targets(loaded), time.perf_counter() - start)
+
+    return task
+
+
+def _probe_targets(loaded: LoadedModel) -> list[TargetCandidate]:
+    return targets_for(loaded)
+
+
+def explain_task(request: ExplainRequest) -> Task:
+    """Read the selected voxels, explain them and lay the heatmap out like the source layer."""
+
+    def task(progress: Progress, cancel: threading.Event) -> ExplainDone:
+        progress("preprocess")
+        start = time.perf_counter()
+        volume = request.selection.read(request.data)
+        read_seconds = time.perf_counter() - start
+        explanation = explain_volume(
+            request.loaded,
+            volume,
+            target_layer=request.target_layer,
+            class_idx=request.class_idx,
+            method=request.method,
+            upsample=request.upsample,
+            device=request.device,
+            progress=progress,
+            cancel=cancel,
+        )
+        if cancel.is_set():
+            raise Cancelled("cancelled")
+        heatmap = request.selection.embed(explanation.heatmap)
+        timings = {"read": read_seconds, **explanation.timings}
+        return ExplainDone(request, explanation, heatmap, timings)
+
+    return task
+
+
+class _StageRelay(QObject):
+    """Carries stage names from the worker thread to the GUI thread."""
+
+    stage = Signal(str)
+
+
+class CancellableWorker(FunctionWorker):
+    """A napari function worker whose ``quit`` also sets its task's cancel event."""
+
+    def __init__(self, task: Task, relay: _StageRelay):
+        self.cancel_event = threading.Event()
+        self.relay = relay
+        super().__init__(_guarded(task), relay.stage.emit, self.cancel_event)
+
+    def quit(self) -> None:
+        self.cancel_event.set()
+        super().quit()
+
+
+def _guarded(task: Task) -> Task:
+    def run(progress: Progress, cancel: threading.Event) -> object:
+        try:
+            return task(progress, cancel)
+        except VitcamError as error:
+            return Failure(error)
+        except Exception as error:  # a bug: reported with its traceback, and the GUI recovers
+            return Failure(error, expected=False)
+
+    return run
+
+
+@dataclass
+class Job:
+    """A started worker. ``cancel`` asks it to stop; its result is then never delivered."""
+
+    worker: CancellableWorker
+
+    def cancel(self) -> None:
+        self.worker.quit()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.worker.cancel_event.is_set()
+
+
+def start_job(
+    task: Task,
+    *,
+    on_stage: Callable[[str], None],
+    on_result: Callable[[object], None],
+    on_finished: Callable[[], None],
+) -> Job:
+    """Run ``task`` in napari's thread pool; the callbacks run on the GUI thread.
+
+    ``on_result`` receives the task's return value or a :class:`Failure`, and is
+    not called once the job was cancelled. ``on_finished`` always runs last.
+    Pass bound methods of a QObject: their connections end when it is deleted.
+    """
+    relay = _StageRelay()
+    relay.stage.connect(on_stage)
+    worker = CancellableWorker(task, relay)
+    worker.returned.connect(on_result)
+    worker.finished.connect(on_finished)
+    worker.start()
+    return Job(worker)

@@ -1,0 +1,41 @@
+"""``napari-vitcam`` command line: the demo, demo training/evaluation, and headless explanations.
+
+Each subcommand lives in its own module and is imported only when called, so
+``napari-vitcam explain`` never imports Qt or napari.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+SUBCOMMANDS = {
+    "demo": ("napari_vitcam.demo.app", "open napari with a demo volume, its lesion mask and the widget"),
+    "explain": ("napari_vitcam.cli.explain", "explain a volume file with a checkpoint, without a GUI"),
+    "train-demo": ("napari_vitcam.demo.train", "train the demo ViT on generated volumes"),
+    "evaluate-demo": ("napari_vitcam.demo.evaluate", "measure where the demo model's heatmaps point"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="napari-vitcam",
+        description="Grad-CAM explanations for 3D Vision Transformers.",
+        epilog="Run 'napari-vitcam COMMAND --help' for a command's options.",
+    )
+    parser.add_argument(
+        "command", choices=sorted(SUBCOMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in SUBCOMMANDS.items())
+    )
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if argv else 2
+    args = parser.parse_args(argv[:1])
+    module = importlib.import_module(SUBCOMMANDS[args.command][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The bottom layer: errors and shared vocabulary. Imports nothing else of the package."""

@@ -1,0 +1,254 @@
+"""Grad-CAM for 3D models, computed on the model's device.
+
+``grad_cam`` runs one forward pass and one backward pass from the class score
+to the target layer only: the layers before the target run without building a
+graph, and no parameter gradients are computed. See ``docs/engine.md``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_vitcam.core.errors import DegenerateTargetError, InputError, TargetLayerError
+from napari_vitcam.core.vocabulary import Upsample
+from napari_vitcam.engine.capture import cancellable, capture_as_leaf, capture_outputs, eval_mode
+from napari_vitcam.engine.explainers.base import LayerExplainer, LayerInputs
+from napari_vitcam.engine.explainers.registry import get_explainer
+from napari_vitcam.engine.introspect import (
+    declared_patch_size,
+    find_patch_embedding,
+    model_device,
+    read_logits,
+    resolve_module,
+)
+from napari_vitcam.engine.token_grid import Layout, TokenGrid, TokenLayout, as_tokens, grid_from_patches
+from napari_vitcam.engine.voxel_map import tokens_to_voxels
+
+Progress = Callable[[str], None]
+ClassIndex = int | Sequence[int] | torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class CamResult:
+    """What :func:`grad_cam` computed. Tensors stay on the model's device.
+
+    ``cam`` (B, D, H, W) and ``token_cam`` (B, d, h, w) are raw: ReLU applied,
+    in class-score units, not normalised.
+    """
+
+    cam: torch.Tensor
+    token_cam: torch.Tensor
+    logits: torch.Tensor
+    class_idx: torch.Tensor
+    target_layer: str
+    method: str
+    upsample: str
+    layout: TokenLayout
+    score_layer: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def grid(self) -> TokenGrid:
+        return self.layout.grid
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        return self.logits.softmax(dim=1)
+
+    def numpy(self) -> np.ndarray:
+        """The voxel map as a float32 numpy array (B, D, H, W)."""
+        return self.cam.detach().float().cpu().numpy()
+
+
+def _class_indices(class_idx: ClassIndex, logits: torch.Tensor) -> torch.Tensor:
+    batch, classes = logits.shape
+    if class_idx is None:
+        return logits.argmax(dim=1)
+    index = torch.as_tensor(class_idx, dtype=torch.long, device=logits.device).reshape(-1)
+    if index.numel() == 1:
+        index = index.expand(batch)
+    if index.numel() != batch:
+        raise InputError(f"class_idx has {index.numel()} entries for a batch of {batch}: give one per sample")
+    if bool(((index < 0) | (index >= classes)).any()):
+        raise InputError(f"class_idx {index.tolist()} out of range: the model has {classes} classes")
+    return index.clone()
+
+
+def _patch_grid(model: nn.Module, input_shape, embed_shape, token_grid) -> TokenGrid | None:
+    patch = find_patch_embedding(model)
+    patch_size = tuple(patch[1].stride) if patch is not None else declared_patch_size(model)
+    if token_grid is not None:
+        shape = tuple(int(g) for g in token_grid)
+        if patch_size is None:
+            cell = tuple(s / g for s, g in zip(input_shape, shape))
+        else:
+            cell = tuple(float(p) for p in patch_size)
+        return TokenGrid(shape, cell, input_shape)
+    if embed_shape is not None:
+        return TokenGrid(tuple(embed_shape), tuple(float(s) for s in patch[1].stride), input_shape)
+    if patch_size is not None:
+        return grid_from_patches(input_shape, patch_size)
+    return None
+
+
+def _suggest_working_target(model, x, target_name, score_layer) -> str:
+    from napari_vitcam.engine.targets import list_targets
+
+    try:
+        candidates = list_targets(model, x[:1], score_layer=score_layer)
+    except Exception:  # the suggestion is a courtesy; the error itself must get through
+        return "an earlier layer"
+    working = [c.name for c in candidates if not c.zero_gradient and c.name != target_name]
+    return repr(working[-1]) if working else "an earlier layer"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def grad_cam(
+    model: nn.Module,
+    x: torch.Tensor,
+    target_layer: str | nn.Module,
+    class_idx: ClassIndex = None,
+    *,
+    upsample: Upsample = "smooth",
+    method: str = "gradcam",
+    score_layer: str | nn.Module | None = None,
+    layout: Layout = "auto",
+    token_grid: tuple[int, int, int] | None = None,
+    out_shape: tuple[int, int, int] | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> CamResult:
+    """Grad-CAM of ``model`` at ``target_layer`` for input ``x`` (B, C, D, H, W).
+
+    ``class_idx``: None (each sample's predicted class), an int, or one per
+    sample. ``score_layer``: the module whose output is the class score, when
+    the model's output is not (e.g. a head that ends in Tanh or softmax).
+    ``layout`` and ``token_grid`` override what is read from the model.
+    ``out_shape``: the voxel shape of ``cam`` (default: the input's); another
+    shape is taken to span the same extent (the volume ``x`` was resized from).
+    ``progress`` is called with each stage's name; setting ``cancel`` stops the
+    run at the next module call with :class:`~napari_vitcam.core.errors.Cancelled`.
+    """
+    explainer = get_explainer(method)
+    if not isinstance(explainer, LayerExplainer):
+        raise InputError(
+            f"method {method!r} ({explainer.label}) does not read one layer's gradients: "
+            "use napari_vitcam.explain_volume, which runs every method"
+        )
+    target_name, target = resolve_module(model, target_layer)
+    score_name = None
+    if score_layer is not None:
+        score_name, score_module = resolve_module(model, score_layer, "score layer")
+    if not isinstance(x, torch.Tensor) or x.ndim != 5:
+        shape = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
+        raise InputError(f"x must be a (batch, channels, depth, height, width) tensor, got {shape}")
+    device = model_device(model)
+    timings: dict[str, float] = {}
+    report = progress or (lambda stage: None)
+    input_shape = tuple(int(s) for s in x.shape[2:])
+    patch = find_patch_embedding(model)
+
+    with ExitStack() as stack:
+        stack.enter_context(eval_mode(model))
+        stack.enter_context(torch.inference_mode(False))
+        capture = stack.enter_context(capture_as_leaf(target, target_name))
+        watched = {}
+        if patch is not None:
+            watched["embed"] = patch[1]
+        if score_name is not None:
+            watched["score"] = score_module
+        seen = stack.enter_context(capture_outputs(watched))
+        stack.enter_context(cancellable(model, cancel))
+
+        report("forward")
+        start = time.perf_counter()
+        with torch.no_grad():
+            output = model(x.to(device))
+        logits = seen["score"][-1] if score_name is not None else read_logits(output)
+        if logits.ndim != 2:
+            raise InputError(f"the score layer output has shape {tuple(logits.shape)}, expected (batch, classes)")
+        _sync(device)
+        timings["forward"] = time.perf_counter() - start
+
+        if not capture.activations:
+            raise TargetLayerError(
+                f"target layer {target_name!r} was not called during the forward pass: choose a layer the model uses"
+            )
+        if len(capture.activations) > 1:
+            raise TargetLayerError(
+                f"target layer {target_name!r} runs {len(capture.activations)} times per forward pass: "
+                "choose a layer that runs once"
+            )
+        if not logits.requires_grad:
+            raise TargetLayerError(
+                f"the class score does not depend on target layer {target_name!r} "
+                "(it runs after the score, or its output is detached): choose an earlier layer"
+            )
+        activation = capture.activations[0]
+        classes = _class_indices(class_idx, logits)
+
+        report("backward")
+        start = time.perf_counter()
+        score = logits.gather(1, classes[:, None]).sum()
+        (gradient,) = torch.autograd.grad(score, activation, allow_unused=True)
+        if gradient is None:
+            gradient = torch.zeros_like(activation)
+        _sync(device)
+        timings["backward"] = time.perf_counter() - start
+
+        report("map")
+        start = time.perf_counter()
+        embed_shape = tuple(seen["embed"][-1].shape[2:]) if seen.get("embed") else None
+        grid = _patch_grid(model, input_shape, embed_shape, token_grid)
+        with torch.no_grad():
+            tokens, token_layout = as_tokens(
+                activation.detach(), grid, input_shape, layout=layout, module=target, name=target_name
+            )
+            grads, _ = as_tokens(
+                gradient, grid, input_shape, layout=token_layout.layout, module=target, name=target_name
+            )
+            degenerate = not bool(grads.any())
+            if degenerate:
+                stack.close()  # hooks off and model state restored before probing for a working layer
+                working = _suggest_working_target(model, x.to(device), target_name, score_name)
+                raise DegenerateTargetError(
+                    f"the class score's gradient is zero at every token of {target_name!r} "
+                    f"(in a cls-token ViT the patch tokens after the last attention do not reach the score): "
+                    f"use {working}"
+                )
+            scores = logits.detach().gather(1, classes[:, None])[:, 0].float()
+            token_cam = explainer.token_map(LayerInputs(tokens.float(), grads.float(), scores))
+            token_cam = token_cam.reshape(-1, *token_layout.grid.shape)
+            _sync(device)
+            timings["map"] = time.perf_counter() - start
+
+            report("upsample")
+            start = time.perf_counter()
+            cam = tokens_to_voxels(token_cam, token_layout.grid, out_shape, mode=upsample)
+            _sync(device)
+            timings["upsample"] = time.perf_counter() - start
+
+    return CamResult(
+        cam=cam,
+        token_cam=token_cam,
+        logits=logits.detach(),
+        class_idx=classes,
+        target_layer=target_name,
+        method=method,
+        upsample=upsample,
+        layout=token_layout,
+        score_layer=score_name,
+        timings=timings,
+    )

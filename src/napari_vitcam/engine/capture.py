@@ -1,0 +1,141 @@
+"""Forward hooks as context managers that always remove themselves.
+
+Pure torch. Every context manager here undoes what it did on exit, also when
+the body raises.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from napari_vitcam.core.errors import Cancelled
+
+
+def output_tensor(output: object) -> torch.Tensor | None:
+    """The tensor a module produced: the output itself, or the first item of a tuple/list."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+def _first_tensor(output: object) -> tuple[torch.Tensor, Callable[[torch.Tensor], object]]:
+    """The tensor a module produced, and a function that puts a replacement back."""
+    tensor = output_tensor(output)
+    if tensor is None:
+        raise TypeError(f"module output of type {type(output).__name__} holds no tensor first")
+    if tensor is output:
+        return tensor, lambda t: t
+    assert isinstance(output, (tuple, list))
+    return tensor, lambda t: type(output)([t, *output[1:]])
+
+
+@dataclass
+class LeafCapture:
+    """The activations a module produced during a forward, each a leaf that requires grad."""
+
+    name: str
+    activations: list[torch.Tensor] = field(default_factory=list)
+
+
+@contextmanager
+def capture_as_leaf(module: nn.Module, name: str = "") -> Iterator[LeafCapture]:
+    """Cut the graph at ``module``'s output and start recording gradients there.
+
+    The module's output is replaced by a copy of a fresh leaf tensor that
+    requires grad, and grad mode is switched on from that point of the forward
+    pass, so the part of the model before the target runs without building a
+    graph and the backward pass stops at the target. The copy keeps the leaf
+    safe from in-place operations that follow the module. The caller restores
+    grad mode (run the forward inside ``torch.no_grad()``).
+    """
+    capture = LeafCapture(name)
+
+    def hook(_module, _args, output):
+        torch.set_grad_enabled(True)
+        tensor, rebuild = _first_tensor(output)
+        leaf = tensor.detach()
+        if leaf.is_inference():
+            leaf = leaf.clone()
+        leaf.requires_grad_(True)
+        capture.activations.append(leaf)
+        return rebuild(leaf.clone())
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield capture
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def _on_outputs(modules: Mapping[str, nn.Module], receive: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
+    """Pass each call's output tensor (unchanged, graph whole) to ``receive(name, tensor)``."""
+    handles = []
+    try:
+        for name, module in modules.items():
+
+            def hook(_module: nn.Module, _args: object, output: object, _name: str = name) -> None:
+                tensor = output_tensor(output)
+                if tensor is not None:
+                    receive(_name, tensor)
+
+            handles.append(module.register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def record_calls(modules: Mapping[str, nn.Module]) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """``(name, output)`` of every call to ``modules``, in the order the forward pass makes them."""
+    calls: list[tuple[str, torch.Tensor]] = []
+    with _on_outputs(modules, lambda name, tensor: calls.append((name, tensor))):
+        yield calls
+
+
+@contextmanager
+def capture_outputs(modules: Mapping[str, nn.Module]) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Each module's outputs, in call order, recorded without changing them."""
+    captured: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
+    with _on_outputs(modules, lambda name, tensor: captured[name].append(tensor)):
+        yield captured
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode; restore each one's own flag on exit."""
+    flags = [(module, module.training) for module in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+@contextmanager
+def cancellable(model: nn.Module, cancel: threading.Event | None) -> Iterator[None]:
+    """Raise :class:`Cancelled` at the next submodule call once ``cancel`` is set."""
+    if cancel is None:
+        yield
+        return
+
+    def check(_module, _args):
+        if cancel.is_set():
+            raise Cancelled("cancelled")
+
+    handles = [module.register_forward_pre_hook(check) for module in model.modules()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,118 @@
+"""Finding modules and reading model outputs. Pure torch."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from napari_vitcam.core.errors import ModelOutputError, TargetLayerError
+from napari_vitcam.core.vocabulary import Triple
+
+_CONTAINERS = (nn.Sequential, nn.ModuleList)
+
+
+def resolve_module(model: nn.Module, layer: str | nn.Module, what: str = "target layer") -> tuple[str, nn.Module]:
+    """``(dotted name, module)`` for a dotted name or a module of ``model``."""
+    if isinstance(layer, nn.Module):
+        for name, module in model.named_modules():
+            if module is layer:
+                return name, module
+        raise TargetLayerError(f"the {what} module is not part of this model: pass one of its submodules")
+    if not isinstance(layer, str):
+        raise TargetLayerError(f"{what} must be a dotted module name or a module, got {type(layer).__name__}")
+    names = dict(model.named_modules())
+    if layer in names and layer != "":
+        return layer, names[layer]
+    close = difflib.get_close_matches(layer, [n for n in names if n], n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; list them with model.named_modules()"
+    raise TargetLayerError(f"the model has no module named {layer!r}{hint}")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def read_logits(output) -> torch.Tensor:
+    """Logits from a model output: a tensor, a tuple/list led by them, or a mapping with 'logits'."""
+    if isinstance(output, torch.Tensor):
+        logits = output
+    elif isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        logits = output[0]
+    elif isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
+        logits = output["logits"]
+    else:
+        raise ModelOutputError(
+            f"cannot find logits in the model output ({type(output).__name__}): return a tensor, "
+            "a tuple whose first item is the logits, or a mapping with 'logits'; or name the score layer"
+        )
+    if logits.ndim != 2:
+        raise ModelOutputError(
+            f"the logits have shape {tuple(logits.shape)}, expected (batch, classes): name the score layer"
+        )
+    return logits
+
+
+def _is_transformer_block(module: nn.Module) -> bool:
+    """A block with a ``norm1`` child, as in timm's, MONAI's and this package's ViTs."""
+    return "norm1" in dict(module.named_children())
+
+
+def find_block_list(model: nn.Module) -> tuple[str, list[str]] | None:
+    """The longest ModuleList/Sequential of same-class, non-leaf modules.
+
+    Two or more of them, or a single one that is a transformer block (has a
+    ``norm1``): a one-block ViT still has its block list.
+    """
+    best: tuple[str, list[str]] | None = None
+    for name, module in model.named_modules():
+        if not isinstance(module, _CONTAINERS):
+            continue
+        children = list(module.named_children())
+        if not children or len({type(c) for _, c in children}) != 1:
+            continue
+        if not any(True for _ in children[0][1].children()):
+            continue
+        if len(children) == 1 and not _is_transformer_block(children[0][1]):
+            continue
+        if best is None or len(children) > len(best[1]):
+            prefix = f"{name}." if name else ""
+            best = (name, [prefix + child for child, _ in children])
+    return best
+
+
+def find_patch_embedding(model: nn.Module) -> tuple[str, nn.Conv3d] | None:
+    """The first Conv3d whose kernel equals its stride with no padding: a patch embedding."""
+    for name, module in model.named_modules():
+        if (
+            isinstance(module, nn.Conv3d)
+            and tuple(module.kernel_size) == tuple(module.stride)
+            and all(p == 0 for p in _as_tuple(module.padding))
+            and max(module.kernel_size) > 1
+        ):
+            return name, module
+    return None
+
+
+def declared_patch_size(model: nn.Module) -> Triple | None:
+    """A patch size the model declares: a ``patch_size`` attribute, or einops' p1/p2/p3."""
+    for module in model.modules():
+        size = getattr(module, "patch_size", None)
+        if isinstance(size, int) and size > 0:
+            return (size, size, size)
+        if isinstance(size, (tuple, list)) and len(size) == 3 and all(isinstance(s, int) for s in size):
+            return tuple(size)  # type: ignore[return-value]
+        lengths = getattr(module, "axes_lengths", None)
+        if isinstance(lengths, dict) and {"p1", "p2", "p3"} <= set(lengths):
+            return (int(lengths["p1"]), int(lengths["p2"]), int(lengths["p3"]))
+    return None
+
+
+def _as_tuple(value) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)

@@ -1,0 +1,36 @@
+"""Target discovery for a loaded model: the engine's probe on an input its spec describes."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from napari_vitcam.core.errors import model_errors_as_input_errors
+from napari_vitcam.engine.introspect import model_device
+from napari_vitcam.engine.targets import TargetCandidate, list_targets
+from napari_vitcam.models.loaded_model import LoadedModel
+from napari_vitcam.models.spec import InputSpec
+
+_EXAMPLE_SEED = 0
+
+
+def example_input(spec: InputSpec, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A reproducible standard-normal input of the spec's shape, batch 1."""
+    generator = torch.Generator().manual_seed(_EXAMPLE_SEED)
+    shape = (1, spec.channels, *spec.spatial_size)
+    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
+
+
+def _floating_dtype(model: nn.Module) -> torch.dtype:
+    for parameter in model.parameters():
+        if parameter.is_floating_point():
+            return parameter.dtype
+    return torch.float32
+
+
+def targets_for(loaded: LoadedModel) -> list[TargetCandidate]:
+    """:func:`list_targets` for a loaded model, probed on an example input built from its spec."""
+    model = loaded.model
+    example = example_input(loaded.spec.input, model_device(model), _floating_dtype(model))
+    with model_errors_as_input_errors(tuple(example.shape)):
+        return list_targets(model, example, score_layer=loaded.spec.score_layer)

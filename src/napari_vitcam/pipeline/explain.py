@@ -1,0 +1,165 @@
+"""Explaining a whole volume: a numpy array in, a heatmap of the same shape out."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from napari_vitcam.core.errors import DeviceOutOfMemoryError, InputError, is_out_of_memory, model_errors_as_input_errors
+from napari_vitcam.core.vocabulary import class_labels, name_of_class
+from napari_vitcam.engine.cam import Progress, grad_cam
+from napari_vitcam.models.loaded_model import LoadedModel
+from napari_vitcam.models.spec import ModelSpec
+from napari_vitcam.pipeline.devices import pick_device, release_device_memory
+from napari_vitcam.pipeline.preprocess import prepare_input
+
+
+@dataclass(frozen=True)
+class VolumeExplanation:
+    """What :func:`explain_volume` computed for one volume.
+
+    ``heatmap`` has the volume's spatial shape, float32, normalised to [0, 1]
+    by ``raw_max`` (the raw Grad-CAM maximum in class-score units; 0 means the
+    map is empty: no positive evidence for the class at that layer).
+    """
+
+    heatmap: np.ndarray
+    raw_max: float
+    predicted_class: int
+    class_idx: int
+    probabilities: np.ndarray
+    class_names: tuple[str, ...]
+    target_layer: str
+    method: str
+    upsample: str
+    device: str
+    token_cam: np.ndarray
+    preprocessing: dict = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def class_name(self) -> str:
+        return name_of_class(self.class_names, self.class_idx)
+
+    @property
+    def predicted_name(self) -> str:
+        return name_of_class(self.class_names, self.predicted_class)
+
+    @property
+    def ranked_probabilities(self) -> list[tuple[str, float]]:
+        """``(class name, probability)`` pairs, most probable first."""
+        order = np.argsort(-self.probabilities, kind="stable")
+        return [(name_of_class(self.class_names, int(i)), float(self.probabilities[i])) for i in order]
+
+
+def _class_index(class_idx: int | str | None, spec: ModelSpec) -> int | None:
+    if class_idx is None or isinstance(class_idx, int):
+        return class_idx
+    if class_idx in spec.class_names:
+        return spec.class_names.index(class_idx)
+    raise InputError(f"unknown class {class_idx!r}: choose one of {', '.join(spec.class_names) or 'the class indices'}")
+
+
+def _spatial_shape(volume) -> tuple[int, ...]:
+    """The last three axes (prepare_input reports volumes with too few)."""
+    return tuple(int(s) for s in np.shape(volume))[-3:]
+
+
+def explain_volume(
+    loaded: LoadedModel,
+    volume,
+    *,
+    target_layer: str | None = None,
+    class_idx: int | str | None = None,
+    method: str = "gradcam",
+    upsample: str = "smooth",
+    device: str | torch.device = "auto",
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> VolumeExplanation:
+    """Explain ``volume`` ((D, H, W), or (C, D, H, W) for a C-channel model).
+
+    The volume is normalised and resized as ``loaded.spec`` says; the heatmap
+    comes back at the volume's own shape, aligned voxel for voxel whatever the
+    resize factors. ``class_idx``: None (the predicted class), an index or a
+    class name. ``device``: "auto" (cuda, then mps, then cpu) or a device name;
+    the model is moved there and stays there. Out of GPU memory raises
+    :class:`~napari_vitcam.core.errors.DeviceOutOfMemoryError` after releasing the
+    memory the run held (the model goes back to the CPU); retry with
+    ``device="cpu"``.
+    """
+    spec = loaded.spec
+    target = target_layer or spec.target_layer
+    if not target:
+        raise InputError("no target layer given and the checkpoint recommends none: pass target_layer")
+    index = _class_index(class_idx, spec)
+    torch_device = pick_device(device)
+    report = progress or (lambda stage: None)
+    out_shape = _spatial_shape(volume)
+    timings: dict[str, float] = {}
+    try:
+        report("preprocess")
+        start = time.perf_counter()
+        loaded.model.to(torch_device)
+        x = prepare_input(volume, spec.input, torch_device)
+        timings["preprocess"] = time.perf_counter() - start
+        with model_errors_as_input_errors(tuple(x.shape)):
+            result = grad_cam(
+                loaded.model,
+                x,
+                target,
+                index,
+                upsample=upsample,
+                method=method,
+                score_layer=spec.score_layer,
+                out_shape=out_shape,
+                progress=report,
+                cancel=cancel,
+            )
+        del x
+        start = time.perf_counter()
+        cam = result.cam[0]
+        raw_max = float(cam.max())
+        heatmap = (cam.div_(raw_max) if raw_max > 0 else cam.zero_()).cpu().numpy()
+        timings.update(result.timings)
+        timings["upsample"] = timings.get("upsample", 0.0) + time.perf_counter() - start
+        probabilities = result.probabilities[0].float().cpu().numpy()
+        token_cam = result.token_cam[0].cpu().numpy()
+    except RuntimeError as error:
+        if not is_out_of_memory(error):
+            raise
+        loaded.model.to("cpu")
+        release_device_memory(torch_device)
+        advice = (
+            "rerun on the CPU (device='cpu')" if torch_device.type != "cpu" else "free memory or use a smaller volume"
+        )
+        raise DeviceOutOfMemoryError(
+            f"out of memory on {torch_device} explaining a volume of shape {tuple(np.shape(volume))}: {advice}",
+            str(torch_device),
+        ) from None
+    return VolumeExplanation(
+        heatmap=heatmap.astype(np.float32, copy=False),
+        raw_max=raw_max,
+        predicted_class=int(np.argmax(probabilities)),
+        class_idx=int(result.class_idx[0]),
+        probabilities=probabilities,
+        class_names=spec.class_names or class_labels(len(probabilities)),
+        target_layer=result.target_layer,
+        method=method,
+        upsample=upsample,
+        device=str(torch_device),
+        token_cam=token_cam,
+        preprocessing={
+            "normalization": spec.input.normalization.kind,
+            "window": spec.input.normalization.window,
+            "model_input_shape": list(spec.input.spatial_size),
+            "resize_mode": spec.input.resize_mode,
+            "normalize_first": spec.input.normalize_first,
+            "volume_shape": list(np.shape(volume)),
+        },
+        timings=timings,
+    )

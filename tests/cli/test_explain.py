@@ -1,0 +1,65 @@
+"""The command line: help, and headless explanations of real files."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import napari_vitcam as nv
+from napari_vitcam.cli.main import main
+from napari_vitcam.models.spec import InputSpec, ModelSpec, Normalization
+
+
+def test_help_lists_the_commands(capsys):
+    assert main([]) == 2
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("demo", "explain", "train-demo", "evaluate-demo"):
+        assert command in out
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = nv.ViT3D(img_size=16, patch_size=8, width=32, depth=2, heads=2)
+    spec = ModelSpec(InputSpec(1, (16, 16, 16), Normalization("zscore")), ("calm", "busy"), "blocks.1.norm1")
+    return nv.save_checkpoint(tmp_path / "model.safetensors", model, spec)
+
+
+def test_explain_writes_a_heatmap_the_size_of_the_volume(tmp_path, checkpoint, capsys):
+    volume = np.random.default_rng(0).normal(size=(20, 24, 18)).astype(np.float32)
+    np.save(tmp_path / "scan.npy", volume)
+    out = tmp_path / "heat.npy"
+    assert main(["explain", str(checkpoint), str(tmp_path / "scan.npy"), "-o", str(out), "--class", "busy"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    heatmap = np.load(out)
+    expected = nv.explain_volume(nv.load_checkpoint(checkpoint), volume, class_idx="busy")
+    np.testing.assert_allclose(heatmap, expected.heatmap, atol=1e-6)
+    assert summary["explained_class"] == "busy" and summary["target_layer"] == "blocks.1.norm1"
+    assert set(summary["probabilities"]) == {"calm", "busy"}
+
+
+def test_explain_reports_bad_input_in_one_line(tmp_path, checkpoint, capsys):
+    np.save(tmp_path / "flat.npy", np.zeros((8, 8), np.float32))
+    assert main(["explain", str(checkpoint), str(tmp_path / "flat.npy")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("napari-vitcam explain: the volume has 2 dimensions") and "\n" not in err
+    (tmp_path / "scan.tif").write_bytes(b"II*\x00")
+    assert main(["explain", str(checkpoint), str(tmp_path / "scan.tif")]) == 1
+    assert "give a .npy or .npz volume" in capsys.readouterr().err
+
+
+def test_explain_imports_neither_qt_nor_napari(tmp_path, checkpoint):
+    np.save(tmp_path / "scan.npy", np.zeros((16, 16, 16), np.float32))
+    code = (
+        "import sys; from napari_vitcam.cli.main import main; "
+        f"rc = main(['explain', {str(checkpoint)!r}, {str(tmp_path / 'scan.npy')!r}]); "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt6', 'PyQt5', 'PySide6', 'magicgui')); "
+        "print('IMPORTED', bad); sys.exit(rc)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "IMPORTED []" in result.stdout
