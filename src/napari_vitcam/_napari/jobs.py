@@ -22,6 +22,7 @@ from napari.qt.threading import FunctionWorker
 from qtpy.QtCore import QObject, Signal
 
 from napari_vitcam._napari.layer_input import VolumeSelection
+from napari_vitcam._napari.native_libraries import preload_triton
 from napari_vitcam.core.errors import Cancelled, VitcamError
 from napari_vitcam.engine.targets import TargetCandidate
 from napari_vitcam.models.loaded_model import LoadedModel
@@ -98,6 +99,7 @@ def load_task(path: str | os.PathLike, *, trust: bool = False) -> Task:
     def task(progress: Progress, cancel: threading.Event) -> ModelReady:
         progress("load")
         start = time.perf_counter()
+        preload_triton()  # before MONAI can import it: see native_libraries
         loaded = _checkpoint_loader()(path, trust=trust)
         if cancel.is_set():
             raise Cancelled("cancelled")
@@ -112,6 +114,7 @@ def model_task(loaded: LoadedModel) -> Task:
     def task(progress: Progress, cancel: threading.Event) -> ModelReady:
         progress("load")
         start = time.perf_counter()
+        preload_triton()
         return ModelReady(loaded, _probe_targets(loaded), time.perf_counter() - start)
 
     return task

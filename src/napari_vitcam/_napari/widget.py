@@ -45,6 +45,7 @@ from napari_vitcam._napari.jobs import (
 )
 from napari_vitcam._napari.layer_choice import LayerChoice
 from napari_vitcam._napari.layer_input import full_resolution, select_volume
+from napari_vitcam._napari.native_libraries import preload_triton
 from napari_vitcam._napari.prediction_view import PredictionView
 from napari_vitcam._napari.recent import RecentPaths
 from napari_vitcam.core.errors import InputError, UntrustedCheckpointError, VitcamError
@@ -94,6 +95,7 @@ class VitcamWidget(QWidget):
         self._kind = ""
         self._outcome: object = None
         self._after_job = None
+        preload_triton()  # the viewer's OpenGL may have loaded Mesa's LLVM already
         self._build()
         self._update_buttons()
 
