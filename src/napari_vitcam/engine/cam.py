@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_vitcam.core.errors import DegenerateTargetError, InputError, TargetLayerError
+from napari_vitcam.core.errors import DegenerateTargetError, InputError, ModelOutputError, TargetLayerError
 from napari_vitcam.core.vocabulary import Upsample
 from napari_vitcam.engine.capture import cancellable, capture_as_leaf, capture_outputs, eval_mode
 from napari_vitcam.engine.explainers.base import LayerExplainer, LayerInputs
@@ -35,13 +36,34 @@ from napari_vitcam.engine.voxel_map import tokens_to_voxels
 Progress = Callable[[str], None]
 ClassIndex = int | Sequence[int] | torch.Tensor | None
 
+_locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock that serialises explanations of ``model`` across threads.
+
+    An explanation hooks the model's modules and switches their training flags
+    for the length of a forward and backward pass; two at once on one model
+    would each see the other's activations. :func:`grad_cam` holds this lock
+    for its whole run; hold it too around anything else done to the model for
+    a run (moving it to a device). Reentrant, one per model, gone with the model.
+    """
+    with _locks_guard:
+        lock = _locks.get(model)
+        if lock is None:
+            lock = _locks[model] = threading.RLock()
+        return lock
+
 
 @dataclass(frozen=True)
 class CamResult:
     """What :func:`grad_cam` computed. Tensors stay on the model's device.
 
     ``cam`` (B, D, H, W) and ``token_cam`` (B, d, h, w) are raw: ReLU applied,
-    in class-score units, not normalised.
+    in class-score units, not normalised. ``logits`` are the scores explained
+    (the ``score_layer``'s output when one is named); ``output_logits`` are the
+    model's own output, where it reads as (batch, classes) scores.
     """
 
     cam: torch.Tensor
@@ -54,6 +76,7 @@ class CamResult:
     layout: TokenLayout
     score_layer: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    output_logits: torch.Tensor | None = None
 
     @property
     def grid(self) -> TokenGrid:
@@ -61,7 +84,28 @@ class CamResult:
 
     @property
     def probabilities(self) -> torch.Tensor:
-        return self.logits.softmax(dim=1)
+        """What the model itself outputs, as probabilities.
+
+        The softmax of the model's own output (not of a score layer before its
+        output activation); an output that already is a distribution (a
+        softmax head) is returned as it is.
+        """
+        scores = self.output_logits if self.output_logits is not None else self.logits
+        scores = scores.float()
+        if bool(((scores >= 0) & (scores <= 1)).all()) and torch.allclose(
+            scores.sum(dim=1), torch.ones(len(scores), device=scores.device), atol=1e-5
+        ):
+            return scores
+        return scores.softmax(dim=1)
+
+
+def _own_logits(output: object, scores: torch.Tensor) -> torch.Tensor | None:
+    """The model's own output as (batch, classes) like ``scores``, or None where it is not."""
+    try:
+        logits = read_logits(output)
+    except ModelOutputError:
+        return None
+    return logits.detach() if logits.shape == scores.shape else None
 
     def numpy(self) -> np.ndarray:
         """The voxel map as a float32 numpy array (B, D, H, W)."""
@@ -161,6 +205,7 @@ def grad_cam(
     patch = find_patch_embedding(model)
 
     with ExitStack() as stack:
+        stack.enter_context(model_lock(model))  # one explanation at a time per model (hooks, flags)
         stack.enter_context(eval_mode(model))
         stack.enter_context(torch.inference_mode(False))
         capture = stack.enter_context(capture_as_leaf(target, target_name))
@@ -177,6 +222,8 @@ def grad_cam(
         with torch.no_grad():
             output = model(x.to(device))
         logits = seen["score"][-1] if score_name is not None else read_logits(output)
+        own_logits = _own_logits(output, logits) if score_name is not None else None
+        del output
         if logits.ndim != 2:
             raise InputError(f"the score layer output has shape {tuple(logits.shape)}, expected (batch, classes)")
         _sync(device)
@@ -251,4 +298,5 @@ def grad_cam(
         layout=token_layout,
         score_layer=score_name,
         timings=timings,
+        output_logits=own_logits,
     )

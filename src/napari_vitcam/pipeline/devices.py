@@ -21,7 +21,7 @@ def available_devices() -> list[str]:
         found.append("cuda")
     if _mps_available():
         found.append("mps")
-    return found + ["cpu"]
+    return [*found, "cpu"]
 
 
 def pick_device(name: str | torch.device = "auto") -> torch.device:

@@ -10,12 +10,19 @@ import numpy as np
 import torch
 
 from napari_vitcam.core.errors import DeviceOutOfMemoryError, InputError, is_out_of_memory, model_errors_as_input_errors
-from napari_vitcam.core.vocabulary import class_labels, name_of_class
-from napari_vitcam.engine.cam import Progress, grad_cam
+from napari_vitcam.core.vocabulary import Triple, class_labels, name_of_class
+from napari_vitcam.engine.cam import Progress, grad_cam, model_lock
+from napari_vitcam.engine.explainers.registry import get_explainer
 from napari_vitcam.models.loaded_model import LoadedModel
-from napari_vitcam.models.spec import ModelSpec
+from napari_vitcam.pipeline.checks import (
+    NonFinite,
+    check_finite_output,
+    check_nonfinite_choice,
+    check_upsample,
+    class_index,
+)
 from napari_vitcam.pipeline.devices import pick_device, release_device_memory
-from napari_vitcam.pipeline.preprocess import prepare_input
+from napari_vitcam.pipeline.preprocess import as_array, prepare_input
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,8 @@ class VolumeExplanation:
     ``heatmap`` has the volume's spatial shape, float32, normalised to [0, 1]
     by ``raw_max`` (the raw Grad-CAM maximum in class-score units; 0 means the
     map is empty: no positive evidence for the class at that layer).
+    ``probabilities`` are what the model outputs (softmax of its own output);
+    the map explains the scores of ``score_layer`` (None: the model's output).
     """
 
     heatmap: np.ndarray
@@ -40,6 +49,14 @@ class VolumeExplanation:
     token_cam: np.ndarray
     preprocessing: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    score_layer: str | None = None
+
+    @property
+    def scores_explained(self) -> str:
+        """Which scores the map explains, in words."""
+        if self.score_layer is None:
+            return "the model's output"
+        return f"{self.score_layer} (before the model's output activation)"
 
     @property
     def class_name(self) -> str:
@@ -56,17 +73,10 @@ class VolumeExplanation:
         return [(name_of_class(self.class_names, int(i)), float(self.probabilities[i])) for i in order]
 
 
-def _class_index(class_idx: int | str | None, spec: ModelSpec) -> int | None:
-    if class_idx is None or isinstance(class_idx, int):
-        return class_idx
-    if class_idx in spec.class_names:
-        return spec.class_names.index(class_idx)
-    raise InputError(f"unknown class {class_idx!r}: choose one of {', '.join(spec.class_names) or 'the class indices'}")
-
-
-def _spatial_shape(volume) -> tuple[int, ...]:
+def _spatial_shape(volume) -> Triple | None:
     """The last three axes (prepare_input reports volumes with too few)."""
-    return tuple(int(s) for s in np.shape(volume))[-3:]
+    shape = tuple(int(s) for s in np.shape(volume))
+    return (shape[-3], shape[-2], shape[-1]) if len(shape) >= 3 else None
 
 
 def explain_volume(
@@ -80,6 +90,7 @@ def explain_volume(
     device: str | torch.device = "auto",
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
+    nonfinite: NonFinite = "error",
 ) -> VolumeExplanation:
     """Explain ``volume`` ((D, H, W), or (C, D, H, W) for a C-channel model).
 
@@ -91,23 +102,34 @@ def explain_volume(
     :class:`~napari_vitcam.core.errors.DeviceOutOfMemoryError` after releasing the
     memory the run held (the model goes back to the CPU); retry with
     ``device="cpu"``.
+
+    Arguments are checked before the model runs. A volume with NaN or ±Inf
+    voxels (or float64 values beyond float32's range) is refused, saying how
+    many and where, unless ``nonfinite="replace"`` (NaN by 0, ±Inf by the
+    volume's finite extremes). A model whose output or map is not finite is
+    an error, never a NaN result. Threads explaining one model take turns.
     """
     spec = loaded.spec
     target = target_layer or spec.target_layer
     if not target:
         raise InputError("no target layer given and the checkpoint recommends none: pass target_layer")
-    index = _class_index(class_idx, spec)
+    index = class_index(class_idx, spec.class_names)
+    get_explainer(method)
+    upsample = check_upsample(upsample)
+    nonfinite = check_nonfinite_choice(nonfinite)
     torch_device = pick_device(device)
     report = progress or (lambda stage: None)
+    if isinstance(volume, torch.Tensor):
+        volume = as_array(volume)  # a tensor may require grad or live on a GPU
     out_shape = _spatial_shape(volume)
     timings: dict[str, float] = {}
     try:
         report("preprocess")
         start = time.perf_counter()
-        loaded.model.to(torch_device)
-        x = prepare_input(volume, spec.input, torch_device)
+        x = prepare_input(volume, spec.input, torch_device, nonfinite=nonfinite)
         timings["preprocess"] = time.perf_counter() - start
-        with model_errors_as_input_errors(tuple(x.shape)):
+        with model_lock(loaded.model), model_errors_as_input_errors(tuple(x.shape)):
+            loaded.model.to(torch_device)
             result = grad_cam(
                 loaded.model,
                 x,
@@ -121,6 +143,10 @@ def explain_volume(
                 cancel=cancel,
             )
         del x
+        scores = result.output_logits if result.output_logits is not None else result.logits
+        check_finite_output("output", scores)
+        check_finite_output("score", result.logits)
+        check_finite_output("map", result.cam)
         start = time.perf_counter()
         cam = result.cam[0]
         raw_max = float(cam.max())
@@ -162,4 +188,5 @@ def explain_volume(
             "volume_shape": list(np.shape(volume)),
         },
         timings=timings,
+        score_layer=result.score_layer,
     )

@@ -11,16 +11,32 @@ import torch.nn.functional as F
 
 from napari_vitcam.core.errors import InputError
 from napari_vitcam.models.spec import InputSpec, Normalization
+from napari_vitcam.pipeline.checks import NonFinite, check_finite_input, check_nonfinite_choice, finite_volume
 
 
-def volume_to_tensor(volume, channels: int, device: torch.device) -> torch.Tensor:
+def as_array(volume) -> np.ndarray:
+    """``volume`` as a numpy array; a torch tensor may require grad or live on a GPU."""
+    if isinstance(volume, torch.Tensor):
+        tensor = volume.detach()
+        if tensor.dtype in (torch.bfloat16, torch.float16):
+            tensor = tensor.float()
+        return tensor.cpu().numpy()
+    return np.asarray(volume)
+
+
+def volume_to_tensor(volume, channels: int, device: torch.device, *, nonfinite: NonFinite = "error") -> torch.Tensor:
     """A (D, H, W) or (C, D, H, W) array as a float32 (C, D, H, W) tensor on ``device``.
 
     The result is a copy: nothing done to it can reach the caller's array.
+    Non-finite voxels (NaN, ±Inf, float64 beyond float32's range) are refused
+    with their count and first index, or replaced with ``nonfinite="replace"``
+    (see :func:`~napari_vitcam.pipeline.checks.finite_volume`).
     """
-    array = np.asarray(volume)
+    nonfinite = check_nonfinite_choice(nonfinite)
+    array = as_array(volume)
     if array.dtype.kind not in "biuf":
         raise InputError(f"the volume has dtype {array.dtype}: give a numeric (integer or float) image")
+    given = array  # the caller's layout: non-finite voxels are reported by their index in it
     if array.ndim == 3:
         if channels != 1:
             raise InputError(
@@ -41,7 +57,10 @@ def volume_to_tensor(volume, channels: int, device: torch.device) -> torch.Tenso
         )
     if min(array.shape[1:]) < 1:
         raise InputError(f"the volume has an empty axis (shape {array.shape}): give a non-empty volume")
-    return torch.from_numpy(np.array(array, dtype=np.float32, order="C", copy=True)).to(device)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, with where it happens
+        array32 = np.array(given, dtype=np.float32, order="C", copy=True)
+    array32 = finite_volume(array32, given, nonfinite).reshape(array.shape)
+    return torch.from_numpy(array32).to(device)
 
 
 def normalize_volume(volume: torch.Tensor, normalization: Normalization, *, inplace: bool = False) -> torch.Tensor:
@@ -61,6 +80,8 @@ def normalize_volume(volume: torch.Tensor, normalization: Normalization, *, inpl
             return out
         mean = values.mean()
         std = values.std(unbiased=False)
+        if not bool(torch.isfinite(std)):
+            check_finite_input(std[None], volume.cpu().numpy())
         std = torch.where(std > 0, std, torch.ones_like(std))
         if mask is None:
             return out.sub_(mean).div_(std)
@@ -69,8 +90,11 @@ def normalize_volume(volume: torch.Tensor, normalization: Normalization, *, inpl
     if kind == "minmax":
         low, high = out.amin(), out.amax()
     else:
-        low = torch.tensor(normalization.window[0], device=out.device)
-        high = torch.tensor(normalization.window[1], device=out.device)
+        window = normalization.window
+        if window is None:
+            raise InputError("window normalisation without a window: give the window's (low, high) in the spec")
+        low = torch.tensor(window[0], device=out.device)
+        high = torch.tensor(window[1], device=out.device)
     span = high - low
     if float(span) == 0.0:
         return out.fill_(lo_out)
@@ -98,12 +122,21 @@ def resize_volume(volume: torch.Tensor, size: tuple[int, int, int], mode: str) -
     return out[0]
 
 
-def prepare_input(volume, spec: InputSpec, device: torch.device) -> torch.Tensor:
-    """The model input (1, C, *spec.spatial_size) for a napari-style volume."""
-    x = volume_to_tensor(volume, spec.channels, device)  # a private copy: normalise it in place
+def prepare_input(volume, spec: InputSpec, device: torch.device, *, nonfinite: NonFinite = "error") -> torch.Tensor:
+    """The model input (1, C, *spec.spatial_size) for a napari-style volume.
+
+    Args:
+        volume: (D, H, W) or (C, D, H, W), a numpy array, array-like or tensor; never modified.
+        spec: the channels, normalisation and size the model takes.
+        device: where the input is made.
+        nonfinite: ``"error"`` refuses a volume with NaN or ±Inf voxels; ``"replace"`` replaces them.
+    """
+    x = volume_to_tensor(volume, spec.channels, device, nonfinite=nonfinite)  # a private copy: normalise in place
     if spec.normalize_first:
         x = resize_volume(normalize_volume(x, spec.normalization, inplace=True), spec.spatial_size, spec.resize_mode)
     else:
         resized = resize_volume(x, spec.spatial_size, spec.resize_mode)
         x = normalize_volume(resized, spec.normalization, inplace=True)
+    if not bool(torch.isfinite(x).all()):
+        check_finite_input(x, as_array(volume))
     return x[None].contiguous()
