@@ -305,3 +305,96 @@ def test_an_unexpected_error_reaches_napari_and_the_widget_recovers(qtbot, viewe
     assert run(qtbot, widget) is None
     assert [type(e) for e in received] == [ZeroDivisionError]
     assert not widget.busy and widget.run_button.isEnabled() and len(viewer.layers) == 1
+
+
+@pytest.mark.parametrize("new_shape", [(20, 24, 28), (10, 12, 14)])
+def test_a_result_for_source_data_replaced_during_the_run_is_refused(
+    qtbot, viewer, widget, checkpoint, notes, new_shape
+):
+    source = viewer.add_image(volume(), name="scan")
+    load(qtbot, widget, checkpoint)
+    with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS) as blocker:
+        assert widget.run()
+        source.data = volume(new_shape, seed=1)  # the result cannot arrive before this: it is queued
+    assert blocker.args == [None] and len(viewer.layers) == 1
+    assert len(notes) == 1 and "the data of layer 'scan' changed during the run" in notes[0].message
+    layer = run(qtbot, widget)  # the next run explains the new data
+    assert layer.data.shape == new_shape
+
+
+def test_a_nan_voxel_is_refused_with_where_unless_replacing_is_chosen(qtbot, viewer, widget, checkpoint, notes):
+    data = volume()
+    data[3, 4, 5] = np.nan
+    viewer.add_image(data, name="resampled")
+    load(qtbot, widget, checkpoint)
+    assert run(qtbot, widget) is None and len(viewer.layers) == 1
+    (note,) = notes
+    assert "1 of 13440 voxels are not finite (1 NaN; the first at index (3, 4, 5))" in note.message
+    assert "\n" not in note.message
+    widget.replace_check.setChecked(True)
+    layer = run(qtbot, widget)
+    assert np.isfinite(layer.data).all() and layer.data.max() == pytest.approx(1.0)
+    assert all(np.isfinite(float(p.rstrip(" %"))) for _, p in widget.prediction.rows())
+    assert np.isnan(data[3, 4, 5])  # the user's layer still holds its NaN
+
+
+def test_a_rerun_never_renames_or_overwrites_a_heatmap_the_user_renamed(qtbot, viewer, widget, checkpoint):
+    viewer.add_image(volume(), name="scan")
+    load(qtbot, widget, checkpoint)
+    first = run(qtbot, widget)
+    first.name = "for the paper"
+    kept = first.data.copy()
+    again = run(qtbot, widget)
+    assert again is not first and first.name == "for the paper" and len(viewer.layers) == 3
+    np.testing.assert_array_equal(first.data, kept)
+
+
+def test_a_4d_rerun_at_another_time_point_keeps_the_first(qtbot, viewer, widget, checkpoint):
+    data = volume((3, 12, 12, 12))
+    viewer.add_image(data, name="series")
+    load(qtbot, widget, checkpoint)
+    viewer.dims.set_point(0, 2)
+    layer = run(qtbot, widget)
+    at_two = layer.data[2].copy()
+    viewer.dims.set_point(0, 0)
+    assert run(qtbot, widget) is layer
+    np.testing.assert_array_equal(layer.data[2], at_two)
+    assert layer.data[0].max() == pytest.approx(1.0) and layer.data[1].max() == 0
+    assert layer.metadata["explained"] == [{"0": 2}, {"0": 0}]
+
+
+def test_the_probabilities_shown_are_the_models_own_output(qtbot, viewer, widget):
+    pytest.importorskip("monai", reason="the monai extra is not installed")
+    pytest.importorskip("einops", reason="MONAI's ViT needs einops")
+    from monai.networks.nets import ViT
+
+    from napari_vitcam.models.spec_defaults import complete_spec
+    from napari_vitcam.pipeline.preprocess import prepare_input
+
+    torch.manual_seed(3)
+    model = ViT(
+        1,
+        (16, 16, 16),
+        (8, 8, 8),
+        hidden_size=32,
+        mlp_dim=64,
+        num_layers=2,
+        num_heads=2,
+        classification=True,
+        num_classes=2,
+        post_activation="Tanh",
+    ).eval()
+    with torch.no_grad():
+        model.classification_head[0].weight.mul_(40.0)  # a confident head, as training gives
+    spec = complete_spec(model, ModelSpec(InputSpec(1, (16, 16, 16), Normalization("zscore")), ("no", "yes")))
+    data = volume((16, 16, 16), seed=5)
+    with torch.no_grad():
+        own = model(prepare_input(data, spec.input, torch.device("cpu")))[0].softmax(1)[0].numpy()
+    viewer.add_image(data, name="scan")
+    load(qtbot, widget, model=LoadedModel(model, spec))
+    layer = run(qtbot, widget)
+    shown = dict(widget.prediction.rows())
+    assert shown == {name: f"{100 * p:.1f} %" for name, p in zip(("no", "yes"), own, strict=True)}
+    assert layer.metadata["score_layer"] == "classification_head.0"
+    assert "classification_head.0 (before the model's output activation)" in widget.prediction.scores.text()
+    assert "the model's output" in widget.prediction.scores.text()

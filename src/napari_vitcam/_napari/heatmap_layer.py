@@ -4,11 +4,18 @@ No Qt: works on any napari ``ViewerModel``. A heatmap copies every transform
 of its source layer (scale, translate, rotate, shear, affine, units, axis
 labels) and has the source's data shape, so it overlays voxel for voxel in
 2D and 3D.
+
+A rerun replaces only a layer this plugin made (:class:`HeatmapLayers` tracks
+them by identity, never by metadata, which a duplicated layer shares) and only
+while the user has left it as it was made: a heatmap the user renamed, moved
+or gave other data is theirs, and a rerun adds a new layer beside it. In a
+time series a rerun writes its own time point and keeps the others.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 
 import numpy as np
 from napari.layers import Image, Layer
@@ -111,15 +118,10 @@ def heatmap_metadata(
         "source_layer": source.name,
         "source_layer_id": str(source.unique_id),
         "selection": selection.describe(),
+        "score_layer": explanation.score_layer,
+        "scores_explained": explanation.scores_explained,
+        "probabilities_from": "the model's output",
     }
-
-
-def find_heatmap(layers, key: HeatmapKey) -> Image | None:
-    """The topmost heatmap layer made with ``key``, if any."""
-    for layer in reversed(list(layers)):
-        if isinstance(layer, Image) and HeatmapKey.from_metadata(layer.metadata) == key:
-            return layer
-    return None
 
 
 def _same(current, value) -> bool:
@@ -128,29 +130,105 @@ def _same(current, value) -> bool:
     return np.array_equal(np.asarray(current, dtype=float), np.asarray(value, dtype=float))
 
 
-def _replace(layer: Image, data: np.ndarray, name: str, metadata: dict, transforms: dict) -> Image:
-    """New data in place; transforms are set only where the source's changed (each set redraws)."""
-    for attribute, value in transforms.items():
-        current = layer.affine.affine_matrix if attribute == "affine" else getattr(layer, attribute)
-        if not _same(current, value):
-            setattr(layer, attribute, value)
-    layer.data = data
-    layer.metadata = metadata
-    layer.name = name
-    return layer
+def _current(layer: Layer, attribute: str):
+    return layer.affine.affine_matrix if attribute == "affine" else getattr(layer, attribute)
 
 
-def show_heatmap(layers, source: Layer, data: np.ndarray, name: str, metadata: dict, *, keep_previous: bool) -> Image:
-    """Add the heatmap above the layers, or replace the data of the one made with the same key.
+def _same_transforms(layer: Layer, transforms: dict) -> bool:
+    return all(_same(_current(layer, attribute), value) for attribute, value in transforms.items())
 
-    ``data`` must have ``source``'s data shape. With ``keep_previous`` a new
-    layer is always added (napari makes its name unique).
+
+@dataclass
+class _Made:
+    """A layer we made, and what we last set on it: anything else means the user changed it."""
+
+    layer: weakref.ref
+    name: str
+    data: weakref.ref
+    transforms: dict
+    explained: list[dict] = field(default_factory=list)
+
+
+class HeatmapLayers:
+    """The heatmap layers one widget made, by identity, and how a new result reaches them.
+
+    A layer counts as ours while it is in the viewer and has the name, the data
+    array and the placement we gave it. A layer the user made, duplicated,
+    renamed, moved or gave new data is never written into or renamed.
     """
-    transforms = source_transforms(source)
-    key = HeatmapKey.from_metadata(metadata)
-    existing = None if keep_previous or key is None else find_heatmap(layers, key)
-    if existing is not None and existing.ndim == data.ndim:
-        return _replace(existing, data, name, metadata, transforms)
-    layer = Image(data, name=name, metadata=metadata, **transforms, **APPEARANCE)
-    layers.append(layer)
-    return layer
+
+    def __init__(self) -> None:
+        self._made: dict[HeatmapKey, _Made] = {}
+
+    def owned(self, layers, key: HeatmapKey) -> Image | None:
+        """Our layer for ``key``, if the user left it as we made it; else None (and it is forgotten)."""
+        entry = self._made.get(key)
+        layer = entry.layer() if entry is not None else None
+        if entry is None or layer is None:
+            self._made.pop(key, None)
+            return None
+        if (
+            layer not in layers
+            or layer.name != entry.name
+            or layer.data is not entry.data()
+            or not _same_transforms(layer, entry.transforms)
+        ):
+            del self._made[key]
+            return None
+        return layer
+
+    def layers(self, layers) -> list[Image]:
+        """Our layers that are still as we made them."""
+        found = [self.owned(layers, key) for key in list(self._made)]
+        return [layer for layer in found if layer is not None]
+
+    def show(
+        self,
+        layers,
+        source: Layer,
+        selection: VolumeSelection,
+        heatmap: np.ndarray,
+        name: str,
+        metadata: dict,
+        *,
+        keep_previous: bool,
+    ) -> Image:
+        """Show ``heatmap`` (the selection's spatial shape) over ``source``; returns the layer.
+
+        A rerun with the same key updates our layer: a 3D map replaces its data,
+        a time point of a series is written into it and the other time points
+        keep their maps. Otherwise, or with ``keep_previous``, a new layer is
+        added above the others (napari makes its name unique).
+        """
+        transforms = source_transforms(source)
+        key = HeatmapKey.from_metadata(metadata)
+        if key is None:
+            raise ValueError("heatmap metadata without its key: make it with heatmap_metadata")
+        here = dict(selection.describe()["fixed_axes"])
+        existing = None if keep_previous else self.owned(layers, key)
+        if existing is not None and tuple(existing.data.shape) == tuple(selection.data_shape):
+            entry = self._made[key]
+            for attribute, value in transforms.items():  # only where the source moved: each set redraws
+                if not _same(_current(existing, attribute), value):
+                    setattr(existing, attribute, value)
+            if selection.fixed or selection.channel_axis is not None:
+                data = existing.data
+                selection.write(data, heatmap)
+                explained = [e for e in entry.explained if e != here] + [here]
+            else:
+                data = heatmap
+                explained = [here]
+            existing.metadata = {**metadata, "explained": explained}
+            existing.data = data  # also redraws an array written in place
+            self._record(key, existing, explained)
+            return existing
+        data = selection.embed(heatmap)
+        layer = Image(data, name=name, metadata={**metadata, "explained": [here]}, **transforms, **APPEARANCE)
+        layers.append(layer)
+        self._record(key, layer, [here])
+        return layer
+
+    def _record(self, key: HeatmapKey, layer: Image, explained: list[dict]) -> None:
+        self._made[key] = _Made(
+            weakref.ref(layer), layer.name, weakref.ref(layer.data), source_transforms(layer), explained
+        )

@@ -27,6 +27,7 @@ from napari_vitcam.core.errors import Cancelled, VitcamError
 from napari_vitcam.engine.targets import TargetCandidate
 from napari_vitcam.models.loaded_model import LoadedModel
 from napari_vitcam.models.targets import targets_for
+from napari_vitcam.pipeline.checks import NonFinite
 from napari_vitcam.pipeline.explain import VolumeExplanation, explain_volume
 
 Progress = Callable[[str], None]
@@ -59,8 +60,10 @@ class ExplainRequest:
     """Everything one run needs, captured on the GUI thread when Run is pressed.
 
     ``source`` is the layer the data came from; the worker never touches it.
-    ``class_label`` (as the user chose it) and ``keep_previous`` are for
-    showing the result.
+    ``data`` is the source's (full-resolution) data as it was at Run: a result
+    is shown only if the source still holds that same array. ``class_label``
+    (as the user chose it) and ``keep_previous`` are for showing the result;
+    ``nonfinite`` says whether NaN/Inf voxels are refused or replaced.
     """
 
     loaded: LoadedModel
@@ -74,11 +77,12 @@ class ExplainRequest:
     device: str
     class_label: str = "predicted"
     keep_previous: bool = False
+    nonfinite: NonFinite = "error"
 
 
 @dataclass(frozen=True)
 class ExplainDone:
-    """A finished run: the explanation and its heatmap at the source layer's data shape."""
+    """A finished run: the explanation and its heatmap at the selection's spatial shape."""
 
     request: ExplainRequest
     explanation: VolumeExplanation
@@ -125,7 +129,7 @@ def _probe_targets(loaded: LoadedModel) -> list[TargetCandidate]:
 
 
 def explain_task(request: ExplainRequest) -> Task:
-    """Read the selected voxels, explain them and lay the heatmap out like the source layer."""
+    """Read the selected voxels and explain them; the GUI thread places the heatmap."""
 
     def task(progress: Progress, cancel: threading.Event) -> ExplainDone:
         progress("preprocess")
@@ -142,12 +146,12 @@ def explain_task(request: ExplainRequest) -> Task:
             device=request.device,
             progress=progress,
             cancel=cancel,
+            nonfinite=request.nonfinite,
         )
         if cancel.is_set():
             raise Cancelled("cancelled")
-        heatmap = request.selection.embed(explanation.heatmap)
         timings = {"read": read_seconds, **explanation.timings}
-        return ExplainDone(request, explanation, heatmap, timings)
+        return ExplainDone(request, explanation, explanation.heatmap, timings)
 
     return task
 

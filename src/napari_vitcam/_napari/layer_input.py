@@ -74,8 +74,19 @@ class VolumeSelection:
         if len(self.data_shape) == SPATIAL_DIMS:
             return heatmap
         out = np.zeros(self.data_shape, dtype=heatmap.dtype)
-        out[self.index] = heatmap
+        self.write(out, heatmap)
         return out
+
+    def write(self, out: np.ndarray, heatmap: np.ndarray) -> None:
+        """Write a heatmap of the spatial shape into ``out`` (the layer's data shape) at this selection.
+
+        Other indices of fixed axes (other time points) keep what they hold.
+        """
+        if heatmap.shape != self.spatial_shape:
+            raise ValueError(f"heatmap shape {heatmap.shape} is not the spatial shape {self.spatial_shape}")
+        if tuple(out.shape) != tuple(self.data_shape):
+            raise ValueError(f"array shape {out.shape} is not the layer's data shape {self.data_shape}")
+        out[self.index] = heatmap
 
     def describe(self) -> dict:
         """The selection as JSON-friendly metadata."""

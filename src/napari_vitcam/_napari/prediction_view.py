@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
 from napari_vitcam.pipeline.explain import VolumeExplanation
@@ -20,6 +21,9 @@ class PredictionView(QWidget):
         super().__init__(parent)
         self.headline = QLabel("No prediction yet: run an explanation.")
         self.headline.setWordWrap(True)
+        self.scores = QLabel("")
+        self.scores.setWordWrap(True)
+        self.scores.setTextFormat(Qt.TextFormat.PlainText)
         self.table = QTableWidget(0, 2)
         self.table.setHorizontalHeaderLabels(["class", "probability"])
         self.table.verticalHeader().setVisible(False)
@@ -30,12 +34,17 @@ class PredictionView(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.headline)
         layout.addWidget(self.table)
+        layout.addWidget(self.scores)
 
     def show_explanation(self, explanation: VolumeExplanation, source_name: str) -> None:
         ranked = explanation.ranked_probabilities
         self.headline.setText(
             f"Predicted for {escape(source_name)}: <b>{escape(explanation.predicted_name)}</b> "
             f"({format_probability(ranked[0][1])})"
+        )
+        self.scores.setText(
+            f"Probabilities: the model's output. Map: the {explanation.class_name} score "
+            f"of {explanation.scores_explained}."
         )
         self.table.setRowCount(len(ranked))
         for row, (name, probability) in enumerate(ranked):
@@ -48,4 +57,5 @@ class PredictionView(QWidget):
 
     def clear(self) -> None:
         self.headline.setText("No prediction yet: run an explanation.")
+        self.scores.setText("")
         self.table.setRowCount(0)

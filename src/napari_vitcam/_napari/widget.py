@@ -91,6 +91,9 @@ class VitcamWidget(QWidget):
         self.recent = recent if recent is not None else RecentPaths.default()
         self.ready: ModelReady | None = None
         self.last_run: ExplainDone | None = None
+        self.heatmaps = heatmap_layer.HeatmapLayers()
+        self._watched_source: Layer | None = None
+        self._source_changed = False
         self._job: Job | None = None
         self._kind = ""
         self._outcome: object = None
@@ -125,6 +128,11 @@ class VitcamWidget(QWidget):
         self.device_combo = _combo([(name, name) for name in available_devices()])
         self.upsample_combo = _combo([(name, name) for name in UPSAMPLE_MODES])
         self.keep_check = QCheckBox("keep previous heatmaps")
+        self.replace_check = QCheckBox("replace NaN/Inf voxels")
+        self.replace_check.setToolTip(
+            "NaN by 0, ±Inf by the volume's largest or smallest finite value. "
+            "Unchecked, a volume with NaN or Inf voxels is refused, saying how many and where."
+        )
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
         self.progress = QProgressBar()
@@ -149,6 +157,7 @@ class VitcamWidget(QWidget):
         form.addRow("Device", self.device_combo)
         form.addRow("Upsampling", self.upsample_combo)
         form.addRow("", self.keep_check)
+        form.addRow("", self.replace_check)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
@@ -289,7 +298,31 @@ class VitcamWidget(QWidget):
         except VitcamError as error:
             notices.notify_run_error(error)
             return False
-        return self._start("run", explain_task(request), self._on_explained)
+        started = self._start("run", explain_task(request), self._on_explained)
+        if started:
+            self._watch_source(source)
+        return started
+
+    def _watch_source(self, source: Layer | None) -> None:
+        """Note any change of the source's data during the run: its result is then refused."""
+        if self._watched_source is not None:
+            self._watched_source.events.data.disconnect(self._on_source_data)
+        self._watched_source = source
+        self._source_changed = False
+        if source is not None:
+            source.events.data.connect(self._on_source_data)
+
+    def _on_source_data(self, _event=None) -> None:
+        self._source_changed = True
+
+    def _source_unchanged(self, request: ExplainRequest) -> bool:
+        source = request.source
+        data = full_resolution(source)
+        return (
+            not self._source_changed
+            and data is request.data
+            and tuple(int(s) for s in data.shape) == tuple(request.selection.data_shape)
+        )
 
     def _request(self, source: Layer) -> ExplainRequest:
         loaded = self.ready.loaded
@@ -309,6 +342,7 @@ class VitcamWidget(QWidget):
             upsample=self.upsample_combo.currentData(),
             device=self.device_combo.currentData(),
             keep_previous=self.keep_check.isChecked(),
+            nonfinite="replace" if self.replace_check.isChecked() else "error",
         )
 
     def run_on_cpu(self) -> bool:
@@ -329,6 +363,13 @@ class VitcamWidget(QWidget):
                 f"Grad-CAM: layer {request.source.name!r} was removed during the run: no heatmap shown", severity="info"
             )
             return
+        if not self._source_unchanged(request):
+            notices.notify(
+                f"Grad-CAM: the data of layer {request.source.name!r} changed during the run: "
+                "no heatmap shown; run again on the new data",
+                severity="info",
+            )
+            return
         timings = {"load": self.ready.seconds if self.ready else 0.0, **result.timings}
         metadata = heatmap_layer.heatmap_metadata(
             explanation,
@@ -338,9 +379,10 @@ class VitcamWidget(QWidget):
             requested_class=request.class_label,
             timings=timings,
         )
-        self._outcome = heatmap_layer.show_heatmap(
+        self._outcome = self.heatmaps.show(
             self.viewer.layers,
             request.source,
+            request.selection,
             result.heatmap,
             heatmap_layer.heatmap_name(explanation),
             metadata,
@@ -388,8 +430,10 @@ class VitcamWidget(QWidget):
         self.progress.setFormat(f"{stage} ({stages.index(stage) + 1}/{len(stages)})")
 
     def _on_finished(self) -> None:
-        kind, cancelled = self._kind, self._job.cancelled
+        job = self._job
+        kind, cancelled = self._kind, job is not None and job.cancelled
         self._job = None
+        self._watch_source(None)
         self.progress.setValue(0 if cancelled else self.progress.maximum())
         self.progress.setFormat("cancelled" if cancelled else "done" if self._outcome is not None else "idle")
         self._update_buttons()
