@@ -26,8 +26,10 @@ class PredictionView(QWidget):
         self.scores.setTextFormat(Qt.TextFormat.PlainText)
         self.table = QTableWidget(0, 2)
         self.table.setHorizontalHeaderLabels(["class", "probability"])
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        vertical, horizontal = self.table.verticalHeader(), self.table.horizontalHeader()
+        assert vertical is not None and horizontal is not None  # a new table has both
+        vertical.setVisible(False)
+        horizontal.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.setMaximumHeight(160)
         layout = QVBoxLayout(self)
@@ -53,7 +55,11 @@ class PredictionView(QWidget):
 
     def rows(self) -> list[tuple[str, str]]:
         """The table's text, top to bottom."""
-        return [(self.table.item(r, 0).text(), self.table.item(r, 1).text()) for r in range(self.table.rowCount())]
+        return [(self._text(r, 0), self._text(r, 1)) for r in range(self.table.rowCount())]
+
+    def _text(self, row: int, column: int) -> str:
+        item = self.table.item(row, column)
+        return item.text() if item is not None else ""
 
     def clear(self) -> None:
         self.headline.setText("No prediction yet: run an explanation.")

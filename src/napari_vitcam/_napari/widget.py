@@ -9,6 +9,7 @@ by :mod:`.notices`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -97,7 +98,7 @@ class VitcamWidget(QWidget):
         self._job: Job | None = None
         self._kind = ""
         self._outcome: object = None
-        self._after_job = None
+        self._after_job: Callable[[], object] | None = None
         preload_triton()  # the viewer's OpenGL may have loaded Mesa's LLVM already
         self._build()
         self._update_buttons()
@@ -110,7 +111,9 @@ class VitcamWidget(QWidget):
         self.checkpoint_combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
         self.checkpoint_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.checkpoint_combo.setMinimumContentsLength(16)
-        self.checkpoint_combo.lineEdit().setPlaceholderText("checkpoint file or bundle folder")
+        line = self.checkpoint_combo.lineEdit()
+        if line is not None:  # an editable combo box has one
+            line.setPlaceholderText("checkpoint file or bundle folder")
         self._fill_recent(self.recent.load())
         self.browse_button = QToolButton()
         self.browse_button.setText("…")
@@ -250,6 +253,7 @@ class VitcamWidget(QWidget):
             else:
                 notices.notify(f"Grad-CAM: {path.name} not loaded: {failure.error}", severity="info")
             return
+        assert isinstance(failure.error, VitcamError)  # expected failures are ours
         notices.notify_load_error(failure.error, path or "the model")
 
     def _show_model(self, ready: ModelReady) -> None:
@@ -321,10 +325,11 @@ class VitcamWidget(QWidget):
         return (
             not self._source_changed
             and data is request.data
-            and tuple(int(s) for s in data.shape) == tuple(request.selection.data_shape)
+            and tuple(int(s) for s in getattr(data, "shape", ())) == tuple(request.selection.data_shape)
         )
 
     def _request(self, source: Layer) -> ExplainRequest:
+        assert self.ready is not None  # run() checks
         loaded = self.ready.loaded
         selection = select_volume(source, loaded.spec.input.channels, self.viewer.dims.point)
         target = self.target_combo.currentData()
@@ -345,6 +350,9 @@ class VitcamWidget(QWidget):
             nonfinite="replace" if self.replace_check.isChecked() else "error",
         )
 
+    def _rerun_on_cpu(self) -> None:
+        self.run_on_cpu()
+
     def run_on_cpu(self) -> bool:
         self.device_combo.setCurrentIndex(self.device_combo.findData("cpu"))
         return self.run()
@@ -354,7 +362,8 @@ class VitcamWidget(QWidget):
             if not result.expected:
                 notices.report_bug(result.error)
             elif not result.cancelled:
-                notices.notify_run_error(result.error, rerun_on_cpu=self.run_on_cpu)
+                assert isinstance(result.error, VitcamError)  # expected failures are ours
+                notices.notify_run_error(result.error, rerun_on_cpu=self._rerun_on_cpu)
             return
         assert isinstance(result, ExplainDone)
         request, explanation = result.request, result.explanation
