@@ -24,6 +24,7 @@ from qtpy.QtCore import QObject, Signal
 from napari_vitcam._napari.layer_input import VolumeSelection
 from napari_vitcam._napari.native_libraries import preload_triton
 from napari_vitcam.core.errors import Cancelled, VitcamError
+from napari_vitcam.engine.cam import model_lock
 from napari_vitcam.engine.targets import TargetCandidate
 from napari_vitcam.models.loaded_model import LoadedModel
 from napari_vitcam.models.targets import targets_for
@@ -107,7 +108,7 @@ def load_task(path: str | os.PathLike, *, trust: bool = False) -> Task:
         loaded = _checkpoint_loader()(path, trust=trust)
         if cancel.is_set():
             raise Cancelled("cancelled")
-        return ModelReady(loaded, _probe_targets(loaded), time.perf_counter() - start)
+        return ModelReady(loaded, _probed(loaded), time.perf_counter() - start)
 
     return task
 
@@ -119,13 +120,19 @@ def model_task(loaded: LoadedModel) -> Task:
         progress("load")
         start = time.perf_counter()
         preload_triton()
-        return ModelReady(loaded, _probe_targets(loaded), time.perf_counter() - start)
+        return ModelReady(loaded, _probed(loaded), time.perf_counter() - start)
 
     return task
 
 
 def _probe_targets(loaded: LoadedModel) -> list[TargetCandidate]:
     return targets_for(loaded)
+
+
+def _probed(loaded: LoadedModel) -> list[TargetCandidate]:
+    """The target candidates, probed while no run uses the same model (probing hooks it too)."""
+    with model_lock(loaded.model):
+        return _probe_targets(loaded)
 
 
 def explain_task(request: ExplainRequest) -> Task:
