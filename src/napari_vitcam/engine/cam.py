@@ -98,6 +98,10 @@ class CamResult:
             return scores
         return scores.softmax(dim=1)
 
+    def numpy(self) -> np.ndarray:
+        """The voxel map as a float32 numpy array (B, D, H, W)."""
+        return self.cam.detach().float().cpu().numpy()
+
 
 def _own_logits(output: object, scores: torch.Tensor) -> torch.Tensor | None:
     """The model's own output as (batch, classes) like ``scores``, or None where it is not."""
@@ -106,10 +110,6 @@ def _own_logits(output: object, scores: torch.Tensor) -> torch.Tensor | None:
     except ModelOutputError:
         return None
     return logits.detach() if logits.shape == scores.shape else None
-
-    def numpy(self) -> np.ndarray:
-        """The voxel map as a float32 numpy array (B, D, H, W)."""
-        return self.cam.detach().float().cpu().numpy()
 
 
 def _class_indices(class_idx: ClassIndex, logits: torch.Tensor) -> torch.Tensor:
