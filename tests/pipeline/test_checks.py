@@ -10,6 +10,7 @@ import torch
 from tests.pipeline.test_explain_volume import BrightSpotModel
 
 import napari_vitcam as nv
+from napari_vitcam.core.errors import NonFiniteInputError
 from napari_vitcam.models.loaded_model import LoadedModel
 from napari_vitcam.models.spec import InputSpec, ModelSpec, Normalization
 from napari_vitcam.pipeline.explain import explain_volume
@@ -58,9 +59,11 @@ def test_one_non_finite_voxel_is_refused_with_where_before_the_model_runs(value,
         nv.InputError, match=r"1 of 32768 voxels are not finite \(.*; the first at index \(3, 20, 7\)\)"
     ):
         explain_volume(loaded, volume)
-    with pytest.raises(nv.InputError, match=words) as info:
+    with pytest.raises(NonFiniteInputError, match=words) as info:
         explain_volume(loaded, volume)
     assert "\n" not in str(info.value) and loaded.model.calls == 0
+    if value == value and abs(value) != 1e39:  # NaN and ±Inf can be replaced; an overflow needs rescaling
+        assert "or choose nonfinite=replace" in str(info.value)
 
 
 def test_non_finite_voxels_are_counted_and_the_first_is_named_in_the_callers_layout():

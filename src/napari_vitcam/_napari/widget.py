@@ -131,7 +131,7 @@ class VitcamWidget(QWidget):
         self.device_combo = _combo([(name, name) for name in available_devices()])
         self.upsample_combo = _combo([(name, name) for name in UPSAMPLE_MODES])
         self.keep_check = QCheckBox("keep previous heatmaps")
-        self.replace_check = QCheckBox("replace NaN/Inf voxels")
+        self.replace_check = QCheckBox("replace NaN/Inf voxels (nonfinite=replace)")
         self.replace_check.setToolTip(
             "NaN by 0, ±Inf by the volume's largest or smallest finite value. "
             "Unchecked, a volume with NaN or Inf voxels is refused, saying how many and where."

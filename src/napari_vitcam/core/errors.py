@@ -38,6 +38,10 @@ class InputError(VitcamError, ValueError):
     """The volume does not fit the model (dimensions, channels)."""
 
 
+class NonFiniteInputError(InputError):
+    """The volume holds NaN or ±Inf voxels; the ``nonfinite=replace`` option replaces them."""
+
+
 class CheckpointError(VitcamError, ValueError):
     """A checkpoint cannot be read or does not fit its declared architecture."""
 

@@ -14,7 +14,7 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
-from napari_vitcam.core.errors import InputError, ModelOutputError
+from napari_vitcam.core.errors import InputError, ModelOutputError, NonFiniteInputError
 from napari_vitcam.core.vocabulary import UPSAMPLE_MODES, Upsample
 
 NonFinite = Literal["error", "replace"]
@@ -93,14 +93,14 @@ def finite_volume(array32: np.ndarray, original: np.ndarray, nonfinite: NonFinit
     parts = [f"{n} {what}" for n, what in ((nan, "NaN"), (infinite, "±Inf"), (overflow, "beyond float32")) if n]
     what = f"{count} of {array32.size} voxels are not finite ({', '.join(parts)}; the first at index {first})"
     if count == array32.size:
-        raise InputError(f"the volume has no finite voxel: {what}: give a volume with finite values")
+        raise NonFiniteInputError(f"the volume has no finite voxel: {what}: give a volume with finite values")
     if nonfinite == "error":
         remedy = (
             "rescale values beyond ±3.4e38 (float32's range)"
             if overflow == count
-            else "fix or crop them, or let them be replaced (nonfinite='replace'; NaN by 0, ±Inf by the finite extremes)"
+            else "fix or crop them, or choose nonfinite=replace (NaN becomes 0, ±Inf the volume's finite extremes)"
         )
-        raise InputError(f"the volume has non-finite values: {what}: {remedy}")
+        raise NonFiniteInputError(f"the volume has non-finite values: {what}: {remedy}")
     values = array32[finite]
     np.nan_to_num(array32, copy=False, nan=0.0, posinf=float(values.max()), neginf=float(values.min()))
     return array32

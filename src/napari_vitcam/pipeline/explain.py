@@ -128,20 +128,21 @@ def explain_volume(
         start = time.perf_counter()
         x = prepare_input(volume, spec.input, torch_device, nonfinite=nonfinite)
         timings["preprocess"] = time.perf_counter() - start
-        with model_lock(loaded.model), model_errors_as_input_errors(tuple(x.shape)):
+        with model_lock(loaded.model):  # another thread's run on this model ends first
             loaded.model.to(torch_device)
-            result = grad_cam(
-                loaded.model,
-                x,
-                target,
-                index,
-                upsample=upsample,
-                method=method,
-                score_layer=spec.score_layer,
-                out_shape=out_shape,
-                progress=report,
-                cancel=cancel,
-            )
+            with model_errors_as_input_errors(tuple(x.shape)):
+                result = grad_cam(
+                    loaded.model,
+                    x,
+                    target,
+                    index,
+                    upsample=upsample,
+                    method=method,
+                    score_layer=spec.score_layer,
+                    out_shape=out_shape,
+                    progress=report,
+                    cancel=cancel,
+                )
         del x
         scores = result.output_logits if result.output_logits is not None else result.logits
         check_finite_output("output", scores)
@@ -158,7 +159,8 @@ def explain_volume(
     except RuntimeError as error:
         if not is_out_of_memory(error):
             raise
-        loaded.model.to("cpu")
+        with model_lock(loaded.model):
+            loaded.model.to("cpu")
         release_device_memory(torch_device)
         advice = (
             "rerun on the CPU (device='cpu')" if torch_device.type != "cpu" else "free memory or use a smaller volume"
