@@ -358,6 +358,7 @@ def test_a_4d_rerun_at_another_time_point_keeps_the_first(qtbot, viewer, widget,
     at_two = layer.data[2].copy()
     viewer.dims.set_point(0, 0)
     assert run(qtbot, widget) is layer
+    assert widget.last_run.heatmap.shape == (12, 12, 12)  # the worker sends one time point, not a series
     np.testing.assert_array_equal(layer.data[2], at_two)
     assert layer.data[0].max() == pytest.approx(1.0) and layer.data[1].max() == 0
     assert layer.metadata["explained"] == [{"0": 2}, {"0": 0}]

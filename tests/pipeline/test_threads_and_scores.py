@@ -85,11 +85,9 @@ def test_two_threads_calling_grad_cam_on_one_model_take_turns():
         torch.testing.assert_close(cam, expected)
 
 
-pytest.importorskip("monai", reason="the monai extra is not installed")
-pytest.importorskip("einops", reason="MONAI's ViT needs einops")
-
-
 def tanh_vit():
+    pytest.importorskip("monai", reason="the monai extra is not installed")
+    pytest.importorskip("einops", reason="MONAI's ViT needs einops")
     from monai.networks.nets import ViT
 
     torch.manual_seed(3)
