@@ -29,11 +29,12 @@ import json
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from napari_vitcam.core.vocabulary import UPSAMPLE_MODES
+from napari_vitcam.core.vocabulary import UPSAMPLE_MODES, Upsample
 from napari_vitcam.demo.shipped import SHIPPED_CHECKPOINT, VALIDATION_SEED_START
 from napari_vitcam.demo.volumes import make_volume
 from napari_vitcam.engine.cam import grad_cam
@@ -41,6 +42,7 @@ from napari_vitcam.engine.explainers import EXPLAINERS
 from napari_vitcam.engine.targets import list_targets
 from napari_vitcam.engine.token_grid import grid_from_patches
 from napari_vitcam.engine.voxel_map import tokens_to_voxels
+from napari_vitcam.models.architectures.vit3d import as_triple
 from napari_vitcam.models.checkpoint import load_checkpoint
 from napari_vitcam.models.spec import InputSpec, Normalization
 from napari_vitcam.models.targets import example_input
@@ -123,7 +125,7 @@ def random_heatmap(
     model_input_shape: Sequence[int], patch_size: Sequence[int], generator: torch.Generator
 ) -> np.ndarray:
     """A random map at the model's resolution: uniform token values, upsampled like Grad-CAM's."""
-    grid = grid_from_patches(tuple(model_input_shape), tuple(patch_size))
+    grid = grid_from_patches(as_triple(list(model_input_shape)), as_triple(list(patch_size)))
     tokens = torch.rand((1, *grid.shape), generator=generator)
     return tokens_to_voxels(tokens, grid, mode="smooth")[0].numpy()
 
@@ -167,7 +169,7 @@ def evaluate_blocks(
     normalization: Normalization,
     targets: Sequence[str] | None = None,
     batch: int = 8,
-    upsample: str = "smooth",
+    upsample: Upsample = "smooth",
     tolerance: float | None = None,
     baseline: bool = True,
     occlusion_threshold: float = 0.5,
@@ -213,14 +215,14 @@ def evaluate_blocks(
         class_idx = predicted if explain == "predicted" else labels
         for name in targets:
             cams = grad_cam(model, x, name, class_idx=class_idx, upsample=upsample, method=method).numpy()
-            rows[name] += [heatmap_scores(cam, v.mask, tolerance) for cam, v in zip(cams, volumes)]
+            rows[name] += [heatmap_scores(cam, v.mask, tolerance) for cam, v in zip(cams, volumes, strict=False)]
         if baseline:
             rows[RANDOM_BASELINE] += [
                 heatmap_scores(random_heatmap(size, patch, generator), v.mask, tolerance) for v in volumes
             ]
         if progress is not None:
             progress(n, len(seeds))
-    results = {name: _mean_rows(r) for name, r in rows.items()}
+    results: dict[str, dict[str, Any]] = {name: _mean_rows(r) for name, r in rows.items()}
     results["_summary"] = {
         "volumes": n,
         "accuracy": correct / n,
