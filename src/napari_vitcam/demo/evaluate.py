@@ -18,8 +18,8 @@ from the training and validation seeds) this reports:
   - best-threshold IoU: the IoU of the lesion with the heatmap thresholded at
     the level that matches it best.
 
-The metric functions take one heatmap and one mask as numpy arrays (or
-tensors) and can be reused on any volume.
+The metric functions live in :mod:`napari_vitcam.evaluation.localisation` and
+work on any volume.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from napari_vitcam.engine.explainers import EXPLAINERS
 from napari_vitcam.engine.targets import list_targets
 from napari_vitcam.engine.token_grid import grid_from_patches
 from napari_vitcam.engine.voxel_map import tokens_to_voxels
+from napari_vitcam.evaluation.localisation import heatmap_scores
 from napari_vitcam.models.architectures.vit3d import as_triple
 from napari_vitcam.models.checkpoint import load_checkpoint
 from napari_vitcam.models.spec import InputSpec, Normalization
@@ -50,75 +51,6 @@ from napari_vitcam.pipeline.preprocess import prepare_input
 
 RANDOM_BASELINE = "random map"
 METRICS = ("pointing_strict", "pointing_tolerant", "mass", "iou")
-
-
-def _as_numpy(array) -> np.ndarray:
-    if isinstance(array, torch.Tensor):
-        return array.detach().float().cpu().numpy()
-    return np.asarray(array)
-
-
-def _check(heatmap, mask) -> tuple[np.ndarray, np.ndarray]:
-    heat = _as_numpy(heatmap).astype(np.float64, copy=False)
-    region = _as_numpy(mask).astype(bool, copy=False)
-    if heat.shape != region.shape:
-        raise ValueError(f"heatmap shape {heat.shape} and mask shape {region.shape} differ")
-    if not region.any():
-        raise ValueError("the mask is empty")
-    return heat, region
-
-
-def peak_distance(heatmap, mask) -> float:
-    """Distance in voxels from the heatmap's maximum (the first, if tied) to the nearest mask voxel; 0 inside."""
-    heat, region = _check(heatmap, mask)
-    peak = np.array(np.unravel_index(int(np.argmax(heat)), heat.shape), dtype=np.float64)
-    if region[tuple(peak.astype(int))]:
-        return 0.0
-    inside = np.argwhere(region).astype(np.float64)
-    return float(np.sqrt(((inside - peak) ** 2).sum(axis=1).min()))
-
-
-def pointing_game(heatmap, mask, tolerance: float = 0.0) -> bool:
-    """A hit when the heatmap's maximum lies inside ``mask`` or within ``tolerance`` voxels of it."""
-    return peak_distance(heatmap, mask) <= tolerance
-
-
-def mass_accuracy(heatmap, mask) -> float:
-    """Share of the heatmap's (non-negative) mass inside ``mask``; 0 for an all-zero heatmap."""
-    heat, region = _check(heatmap, mask)
-    heat = np.clip(heat, 0.0, None)
-    total = heat.sum()
-    return float(heat[region].sum() / total) if total > 0 else 0.0
-
-
-def best_threshold_iou(heatmap, mask) -> tuple[float, float]:
-    """The best IoU of ``heatmap >= t`` with ``mask`` over all thresholds t, and that t.
-
-    Every distinct heatmap value is tried as a threshold (exactly, via one sort).
-    """
-    heat, region = _check(heatmap, mask)
-    values = heat.ravel()
-    order = np.argsort(-values, kind="stable")
-    sorted_values = values[order]
-    hits = np.cumsum(region.ravel()[order])
-    count = np.arange(1, values.size + 1)
-    iou = hits / (count + region.sum() - hits)
-    # A threshold keeps every voxel at or above it: only the last of a run of ties is reachable.
-    last_of_tie = np.append(sorted_values[1:] != sorted_values[:-1], True)
-    iou = np.where(last_of_tie, iou, -1.0)
-    best = int(np.argmax(iou))
-    return float(iou[best]), float(sorted_values[best])
-
-
-def heatmap_scores(heatmap, mask, tolerance: float) -> dict[str, float]:
-    """All four localisation metrics of one heatmap."""
-    distance = peak_distance(heatmap, mask)
-    return {
-        "pointing_strict": float(distance == 0.0),
-        "pointing_tolerant": float(distance <= tolerance),
-        "mass": mass_accuracy(heatmap, mask),
-        "iou": best_threshold_iou(heatmap, mask)[0],
-    }
 
 
 def random_heatmap(
