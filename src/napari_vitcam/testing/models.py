@@ -37,6 +37,7 @@ class OneRegionClassifier(nn.Module):
         self.head = nn.Linear(width, 2)
         with torch.no_grad():
             self.embed.weight.fill_(1.0 / patch**3)
+            assert self.embed.bias is not None
             self.embed.bias.zero_()
             self.head.weight.copy_(torch.stack([-torch.ones(width), torch.ones(width)]))
             self.head.bias.zero_()
