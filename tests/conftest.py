@@ -7,7 +7,6 @@ the user's own settings.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,11 +18,11 @@ from napari_vitcam.testing.models import OneRegionClassifier, tiny_vit
 
 
 @pytest.fixture(autouse=True)
-def config_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def config_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own settings folder: the user's recent checkpoints are never read or written."""
     folder = tmp_path_factory.mktemp("config")
     monkeypatch.setenv(CONFIG_DIR_VARIABLE, str(folder))
-    yield folder
+    return folder
 
 
 @pytest.fixture

@@ -92,7 +92,7 @@ def test_end_to_end_from_a_checkpoint_file(qtbot, viewer, widget, checkpoint, no
 
     assert layer is viewer.layers[-1] and len(viewer.layers) == 2
     assert layer.name.startswith("Grad-CAM · ") and layer.name.endswith(" · " + layer.metadata["target_layer"])
-    assert layer.data.shape == data.shape and layer.data.min() >= 0.0 and layer.data.max() <= 1.0
+    assert layer.data.shape == data.shape and 0.0 <= layer.data.min() and layer.data.max() <= 1.0
     np.testing.assert_allclose(layer.scale, source.scale)
     np.testing.assert_allclose(layer.translate, source.translate)
     np.testing.assert_allclose(layer.extent.world, source.extent.world)

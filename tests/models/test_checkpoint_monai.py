@@ -9,13 +9,13 @@ import torch
 pytest.importorskip("monai", reason="the monai extra is not installed")
 pytest.importorskip("einops", reason="MONAI's ViT needs einops")
 
-from monai.networks.blocks.transformerblock import TransformerBlock
-from monai.networks.nets import ResNet, ViT
+from monai.networks.blocks.transformerblock import TransformerBlock  # noqa: E402
+from monai.networks.nets import ResNet, ViT  # noqa: E402
 
-from napari_vitcam import grad_cam
-from napari_vitcam.core.errors import CheckpointError, MissingExtraError, UntrustedCheckpointError
-from napari_vitcam.models.checkpoint import load_checkpoint, save_checkpoint
-from napari_vitcam.models.spec import InputSpec, ModelSpec, Normalization
+from napari_vitcam import grad_cam  # noqa: E402
+from napari_vitcam.core.errors import CheckpointError, MissingExtraError, UntrustedCheckpointError  # noqa: E402
+from napari_vitcam.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from napari_vitcam.models.spec import InputSpec, ModelSpec, Normalization  # noqa: E402
 
 VIT_ARGS = dict(
     in_channels=1,
