@@ -77,13 +77,17 @@ class Normalization:
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, str) or self.kind not in NORM_KINDS:
-            raise CheckpointError(f"normalisation must be one of {', '.join(NORM_KINDS)}, got {self.kind!r}")
+            raise CheckpointError(f"normalisation must be one of {', '.join(NORM_KINDS)}, got {self.kind!r}: {FIX}")
         if self.kind == "window" and self.window is None:
-            raise CheckpointError(f"a window normalisation needs window [lo, hi] with lo < hi, got {self.window!r}")
+            raise CheckpointError(
+                f"a window normalisation needs window [lo, hi] with lo < hi, got {self.window!r}: {FIX}"
+            )
         if self.window is not None:
             window = _finite_pair("normalization.window", self.window)
             if not window[0] < window[1]:
-                raise CheckpointError(f"a window normalisation needs window [lo, hi] with lo < hi, got {self.window!r}")
+                raise CheckpointError(
+                    f"a window normalisation needs window [lo, hi] with lo < hi, got {self.window!r}: {FIX}"
+                )
             object.__setattr__(self, "window", window)
         out_range = _finite_pair("normalization.out_range", self.out_range)
         if out_range[0] == out_range[1]:
@@ -113,7 +117,7 @@ class InputSpec:
     def __post_init__(self) -> None:
         size = self.spatial_size
         if not isinstance(size, (tuple, list)) or len(size) != 3 or not all(_is_int(s) and s > 0 for s in size):
-            raise CheckpointError(f"spatial_size must be 3 positive ints, got {self.spatial_size!r}")
+            raise CheckpointError(f"spatial_size must be 3 positive ints, got {self.spatial_size!r}: {FIX}")
         triple = (int(size[0]), int(size[1]), int(size[2]))
         if max(triple) > limits.MAX_SIDE or math.prod(triple) > limits.MAX_VOXELS:
             raise CheckpointError(
@@ -122,9 +126,13 @@ class InputSpec:
             )
         object.__setattr__(self, "spatial_size", triple)
         if not isinstance(self.resize_mode, str) or self.resize_mode not in RESIZE_MODES:
-            raise CheckpointError(f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got {self.resize_mode!r}")
-        if not _is_int(self.channels) or self.channels <= 0:
-            raise CheckpointError(f"channels must be positive, got {self.channels!r}")
+            raise CheckpointError(
+                f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got {self.resize_mode!r}: {FIX}"
+            )
+        if not _is_int(self.channels):
+            raise _wrong("input.channels", "a whole number (not a string)", self.channels)
+        if self.channels <= 0:
+            raise CheckpointError(f"channels must be positive, got {self.channels!r}: {FIX}")
         if self.channels > limits.MAX_CHANNELS:
             raise _wrong("input.channels", f"at most {limits.MAX_CHANNELS}", self.channels)
         object.__setattr__(self, "channels", int(self.channels))
@@ -193,14 +201,8 @@ class ModelSpec:
         _check_fields(raw_norm, NORMALIZATION_FIELDS, "input.normalization.")
         if "input" in data and "spatial_size" not in raw_input:
             raise CheckpointError(f"the spec's input has no spatial_size: {FIX}")
-        norm_fields = dict(raw_norm)
-        for key in ("window", "out_range"):
-            if isinstance(norm_fields.get(key), list):
-                norm_fields[key] = tuple(norm_fields[key])
-        norm = Normalization(**norm_fields)
+        norm = Normalization(**raw_norm)
         input_fields = {k: v for k, v in raw_input.items() if k != "normalization"}
-        if isinstance(input_fields.get("spatial_size"), list):
-            input_fields["spatial_size"] = tuple(input_fields["spatial_size"])
         spec_input = InputSpec(normalization=norm, **input_fields)
         class_names = data.get("class_names", [])
         if not isinstance(class_names, list):

@@ -140,7 +140,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 #: "Unsupported global: GLOBAL x.Y was not an allowed global by default" (any class not allowlisted),
 #: "Trying to load unsupported GLOBAL posix.system whose module posix is blocked" (os, sys, ...),
 #: and the allowlist hints of object construction ("classes allowlisted via `add_safe_globals`").
-_REFUSED_GLOBAL = re.compile(r"unsupported global:? GLOBAL (?P<name>[\w.]+)", re.IGNORECASE)
+_REFUSED_GLOBAL = re.compile(r"unsupported(?: global:)? GLOBAL (?P<name>[\w.]+)", re.IGNORECASE)
 _BLOCKED_MODULE = re.compile(r"whose module (?P<module>[\w.]+) is blocked")
 _ALLOWLIST_HINTS = ("add_safe_globals", "safe_globals", "allowlist", "allowed global")
 

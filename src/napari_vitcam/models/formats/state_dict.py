@@ -31,7 +31,10 @@ def build(spec: ModelSpec | None, request: LoadRequest, name: str) -> nn.Module:
             f"{name} holds weights but no model description: pass factory='package.module:callable' "
             "(and spec=) to load it, or write it with save_checkpoint (see docs/checkpoints.md)"
         )
-    return build_model(spec.architecture, spec.arguments)
+    try:
+        return build_model(spec.architecture, spec.arguments)
+    except CheckpointError as error:
+        raise CheckpointError(f"{name}: {error}") from None
 
 
 def architecture_label(spec: ModelSpec | None, factory: Factory | None) -> str:
