@@ -91,7 +91,8 @@ def test_the_reference_spec_loads(tmp_path, vit):
         ({"classes": ["a", "b"]}, "unknown field classes"),
         ({"input": [16, 16, 16]}, "the spec's input must be a JSON object"),
         ({"arguments": {**CONFIG, "width": 200000, "heads": 1}}, "width must be an int from 1 to 16384"),
-        ({"arguments": {**CONFIG, "img_size": 4096, "patch_size": 1}}, "over the bound"),
+        ({"arguments": {**CONFIG, "img_size": 1024, "patch_size": 1}}, "tokens, over the bound 262144"),
+        ({"arguments": {**CONFIG, "img_size": 4096}}, "is over 2048 voxels along an axis"),
         ({"arguments": {**CONFIG, "depth": "2"}}, "depth must be an int"),
     ],
 )

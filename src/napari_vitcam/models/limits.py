@@ -9,15 +9,15 @@ over one is refused with a one-line message that names the bound.
 from __future__ import annotations
 
 #: Voxels along one axis of a model's input.
-MAX_SIDE = 4096
-#: Voxels of a model's whole input (per channel): 1024³, 4 GiB as float32.
-MAX_VOXELS = 1024**3
+MAX_SIDE = 2048
+#: Voxels of a model's whole input (per channel): 512³, 512 MiB as float32.
+MAX_VOXELS = 512**3
 #: Input channels.
 MAX_CHANNELS = 1024
 #: Classes (outputs of the head).
 MAX_CLASSES = 100_000
-#: Parameters and buffers of a model built from a spec (10 billion: 40 GB as float32).
-MAX_PARAMETERS = 10_000_000_000
+#: Parameters and buffers of a model built from a spec (2 billion: 8 GB as float32).
+MAX_PARAMETERS = 2_000_000_000
 #: Reference ViT: embedding width, blocks, heads, tokens (patches) and the MLP's width ratio.
 MAX_WIDTH = 16_384
 MAX_DEPTH = 512
