@@ -228,3 +228,28 @@ def test_every_saved_spec_loads_back_unchanged(tmp_path, vit):
     spec = SPEC.with_(class_names=("healthy", "lesion"), target_layer="blocks.0.norm1")
     loaded = load_checkpoint(save_checkpoint(tmp_path / "model.pt", vit, spec))
     assert loaded.spec == spec and loaded.spec.arguments["width"] == 16
+
+
+def test_a_monai_spec_without_input_takes_img_size(tmp_path):
+    pytest.importorskip("monai", reason="the monai extra is not installed")
+    pytest.importorskip("einops", reason="MONAI's ViT needs einops")
+    from monai.networks.nets import ViT
+
+    arguments = {
+        "in_channels": 2,
+        "img_size": [16, 24, 16],
+        "patch_size": [8, 8, 8],
+        "hidden_size": 16,
+        "mlp_dim": 32,
+        "num_layers": 1,
+        "num_heads": 2,
+        "classification": True,
+        "num_classes": 2,
+    }
+    torch.manual_seed(0)
+    path = write_native(
+        tmp_path / "vit.safetensors", ViT(**arguments), {"architecture": "monai:ViT", "arguments": arguments}
+    )
+    with pytest.warns(UserWarning, match=r"using the model's input size \(16, 24, 16\) and 2 channel"):
+        loaded = load_checkpoint(path)
+    assert loaded.spec.input == InputSpec(channels=2, spatial_size=(16, 24, 16))
