@@ -55,7 +55,7 @@ def round_ratios(numerator: Sequence[float], denominator: Sequence[float]) -> li
     """``numerator[i] / denominator[i]`` for each round."""
     if len(numerator) != len(denominator) or not numerator:
         raise ValueError("need the same, non-zero number of rounds for both")
-    return [n / d for n, d in zip(numerator, denominator)]
+    return [n / d for n, d in zip(numerator, denominator, strict=False)]
 
 
 def median(values: Sequence[float]) -> float:
@@ -111,7 +111,7 @@ def patch_centre(
     ``n_in``) has its centre at ``(u + 0.5) * n_in / n_out``.
     """
     return np.array(
-        [(i + 0.5) * c * o / n - 0.5 for i, c, n, o in zip(token, cell, input_shape, out_shape)],
+        [(i + 0.5) * c * o / n - 0.5 for i, c, n, o in zip(token, cell, input_shape, out_shape, strict=False)],
         dtype=np.float64,
     )
 
@@ -140,7 +140,7 @@ def zoom_to(token_map: np.ndarray, out_shape: Sequence[int], order: int = 3) -> 
     """``scipy.ndimage.zoom`` of a 3D map to ``out_shape`` with its default grid (corners aligned)."""
     from scipy import ndimage
 
-    factors = [o / n for o, n in zip(out_shape, token_map.shape)]
+    factors = [o / n for o, n in zip(out_shape, token_map.shape, strict=False)]
     out = ndimage.zoom(token_map, factors, order=order)
     if out.shape != tuple(out_shape):  # zoom rounds the output size
         raise ValueError(f"zoom gave {out.shape}, expected {tuple(out_shape)}")

@@ -27,6 +27,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
@@ -175,13 +176,15 @@ def overhead_rows(sources: Sequence[ModelSource], rounds: int, device: torch.dev
             targets.append("blocks.0.norm1")
         stages: dict[str, list[dict[str, float]]] = {t: [] for t in targets}
 
-        def forward_backward():
+        def forward_backward(model: torch.nn.Module = model, x: torch.Tensor = x) -> None:
             for parameter in model.parameters():
                 parameter.grad = None
             model(x)[:, 0].sum().backward()
 
-        def explain(target):
-            def run():
+        def explain(
+            target: str, model: torch.nn.Module = model, x: torch.Tensor = x, stages: dict = stages
+        ) -> Callable[[], None]:
+            def run() -> None:
                 stages[target].append(grad_cam(model, x, target, 0).timings)
 
             return run
@@ -219,7 +222,7 @@ def hot_token_offsets(grid_shape: Triple, out_shape: Triple, token: Triple, devi
     from napari_vitcam.engine.token_grid import TokenGrid
     from napari_vitcam.engine.voxel_map import tokens_to_voxels
 
-    cell = tuple(o / g for o, g in zip(out_shape, grid_shape))
+    cell = tuple(o / g for o, g in zip(out_shape, grid_shape, strict=False))
     grid = TokenGrid(tuple(grid_shape), cell, tuple(out_shape))
     hot = hot_token_map(grid_shape, token)
     tokens = torch.from_numpy(hot)[None].to(device)
@@ -239,15 +242,15 @@ def voxel_map_rows(cases: Sequence[tuple[Triple, Triple]], rounds: int, device: 
     rows = []
     for grid_shape, out_shape in cases:
         log(f"row 2: {shape_text(grid_shape)} -> {shape_text(out_shape)}")
-        cell = tuple(o / g for o, g in zip(out_shape, grid_shape))
+        cell = tuple(o / g for o, g in zip(out_shape, grid_shape, strict=False))
         grid = TokenGrid(tuple(grid_shape), cell, tuple(out_shape))
         tokens = torch.rand(1, *grid_shape, generator=torch.Generator().manual_seed(0))
         on_device = tokens.to(device)
         as_numpy = tokens[0].numpy()
         variants = {
-            "smooth": lambda: tokens_to_voxels(on_device, grid, mode="smooth"),
-            "patch": lambda: tokens_to_voxels(on_device, grid, mode="patch"),
-            "zoom": lambda: zoom_to(as_numpy, out_shape),
+            "smooth": partial(tokens_to_voxels, on_device, grid, mode="smooth"),
+            "patch": partial(tokens_to_voxels, on_device, grid, mode="patch"),
+            "zoom": partial(zoom_to, as_numpy, out_shape),
         }
         times = interleaved(variants, rounds, warmup=1, sync=synchronizer(device))
         # an interior token at the centre and one next to the corner (zoom's error grows

@@ -13,12 +13,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "napari_vitcam"
 ROOT_MODULE = "napari_vitcam"
 
 #: Each layer folder and its height: a module may import from its own layer and from lower ones.
-LAYERS = {
+LAYERS: dict[str, float] = {
     "core": 0,
     "engine": 1,
     "models": 2,
     "volumes": 2,
     "pipeline": 3,
+    "evaluation": 3.5,
     "_napari": 4,
     "cli": 4,
     "demo": 5,

@@ -92,7 +92,7 @@ def test_table_has_one_line_per_row_and_escapes_cells():
     lines = measure.format_table(rows).splitlines()
     assert lines[0] == "| # | benchmark | case | result | target | target met | details |"
     assert len(lines) == 2 + len(rows)
-    assert all(line.count(" | ") == len(measure.COLUMNS) - 1 for line in [lines[0]] + lines[2:])
+    assert all(line.count(" | ") == len(measure.COLUMNS) - 1 for line in [lines[0], *lines[2:]])
     assert "a \\| b" in lines[2] and "| yes |" in lines[2]
     assert "| **no** |" in lines[3] and "| - | - |" in lines[4]
 
@@ -145,7 +145,7 @@ def test_voxel_map_rows_on_a_tiny_case():
     rows = bench.voxel_map_rows([((4, 4, 4), (16, 16, 16))], rounds=1, device=CPU)
     assert [r.case for r in rows] == ["4^3 -> 16^3, smooth on cpu", "4^3 -> 16^3, patch on cpu"]
     zoom_offset = f"zoom {math.sqrt(3) * 0.5:.2f}"  # see test_hot_token_offsets_for_each_method
-    for row, mode in zip(rows, ("smooth", "patch")):
+    for row, mode in zip(rows, ("smooth", "patch"), strict=False):
         assert row.result.endswith("x faster") and row.met in (True, False)
         assert f"token (2, 2, 2): {mode} 0.00, " in row.details
         assert f"token (1, 1, 1): {mode} 0.00, {zoom_offset}" in row.details

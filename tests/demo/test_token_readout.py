@@ -86,13 +86,20 @@ def test_pooled_readout_gives_the_logits_by_its_pooling_weights(pool):
 @pytest.mark.parametrize("pool", ["cls", "attn"])
 def test_readout_capture_removes_its_hook_even_on_error(pool):
     model = small_vit(pool)
-    with pytest.raises(RuntimeError, match="boom"):
-        with ReadoutCapture(model) as capture:
+    shapes = []
+    capture = ReadoutCapture(model)
+
+    def use_then_fail() -> None:
+        with capture:
             with pytest.raises(RuntimeError, match="no forward pass"):
                 capture.logits()
             model(torch.randn(1, 1, 16, 12, 8))
-            assert capture.value.shape == ((1, 1 + 24, 16) if pool == "cls" else (1, 24, 16))
+            shapes.append(capture.value.shape)
             raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        use_then_fail()
+    assert shapes == [(1, 1 + 24, 16) if pool == "cls" else (1, 24, 16)]
     assert not model.blocks[-1]._forward_pre_hooks and not model.norm._forward_hooks
     assert capture.value is None
 

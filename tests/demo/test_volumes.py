@@ -83,7 +83,7 @@ def test_both_classes_are_positive_evidence_at_the_lesion():
     for seed in range(12):
         v = make_volume(seed, with_healthy=True)
         lesion = (v.volume - v.healthy) / v.params["gain"]
-        z, y, x = (int(round(c)) for c in v.center)
+        z, y, x = (round(c) for c in v.center)
         shell = v.mask & ~ndimage.binary_erosion(v.mask, iterations=2)
         assert lesion[shell].mean() > 0.1  # a bright edge in both classes
         if v.label == SOLID:

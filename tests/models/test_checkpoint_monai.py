@@ -9,26 +9,32 @@ import torch
 pytest.importorskip("monai", reason="the monai extra is not installed")
 pytest.importorskip("einops", reason="MONAI's ViT needs einops")
 
-from monai.networks.blocks.transformerblock import TransformerBlock  # noqa: E402
-from monai.networks.nets import ResNet, ViT  # noqa: E402
+from monai.networks.blocks.transformerblock import TransformerBlock
+from monai.networks.nets import ResNet, ViT
 
-from napari_vitcam import grad_cam  # noqa: E402
-from napari_vitcam.core.errors import CheckpointError, MissingExtraError, UntrustedCheckpointError  # noqa: E402
-from napari_vitcam.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from napari_vitcam.models.spec import InputSpec, ModelSpec, Normalization  # noqa: E402
+from napari_vitcam import grad_cam
+from napari_vitcam.core.errors import CheckpointError, MissingExtraError, UntrustedCheckpointError
+from napari_vitcam.models.checkpoint import load_checkpoint, save_checkpoint
+from napari_vitcam.models.spec import InputSpec, ModelSpec, Normalization
 
-VIT_ARGS = dict(
-    in_channels=1,
-    img_size=[16, 16, 16],
-    patch_size=[8, 8, 8],
-    hidden_size=16,
-    mlp_dim=32,
-    num_layers=2,
-    num_heads=2,
-    classification=True,
-    num_classes=3,
-)
-RESNET_ARGS = dict(block="basic", layers=[1, 1, 1, 1], block_inplanes=[4, 8, 16, 32], n_input_channels=1, num_classes=2)
+VIT_ARGS = {
+    "in_channels": 1,
+    "img_size": [16, 16, 16],
+    "patch_size": [8, 8, 8],
+    "hidden_size": 16,
+    "mlp_dim": 32,
+    "num_layers": 2,
+    "num_heads": 2,
+    "classification": True,
+    "num_classes": 3,
+}
+RESNET_ARGS = {
+    "block": "basic",
+    "layers": [1, 1, 1, 1],
+    "block_inplanes": [4, 8, 16, 32],
+    "n_input_channels": 1,
+    "num_classes": 2,
+}
 
 
 @pytest.fixture
@@ -231,7 +237,7 @@ def drifted_state(vit, *, old_cross_attention: bool, drop_norm_cross_attn: bool)
 
 
 @pytest.mark.parametrize(
-    "old_cross_attention, drop_norm_cross_attn, expected",
+    ("old_cross_attention", "drop_norm_cross_attn", "expected"),
     [
         (True, False, r"10 keys in the file: blocks\.\*\.cross_attn\.out_proj\.weight"),
         (
@@ -262,7 +268,7 @@ def test_bundle_code_needs_trust(tmp_path, vit, x):
 
 
 @pytest.mark.parametrize(
-    "network_def, message",
+    ("network_def", "message"),
     [
         ("$1 / 0", r"bundle bad's network_def failed \(RuntimeError: .*'\$1 / 0'\): check the bundle's config"),
         ("$[1, 2]", r"bundle bad's network_def returned an object of type list, not a torch nn.Module: fix the config"),

@@ -13,7 +13,7 @@ from napari_vitcam.models.architectures.vit3d import ViT3D, ViTConfig
 from napari_vitcam.models.checkpoint import load_checkpoint, save_checkpoint
 from napari_vitcam.models.spec import InputSpec, ModelSpec, Normalization
 
-CONFIG = dict(img_size=16, patch_size=8, width=16, depth=2, heads=2, num_classes=3)
+CONFIG = {"img_size": 16, "patch_size": 8, "width": 16, "depth": 2, "heads": 2, "num_classes": 3}
 FACTORY_MODULE = "vitcam_test_factories"
 FACTORY_SOURCE = textwrap.dedent(
     """

@@ -13,7 +13,7 @@ from napari_vitcam.models.architectures.vit3d import ViT3D, ViTConfig
 from napari_vitcam.models.checkpoint import load_checkpoint, save_checkpoint
 from napari_vitcam.models.spec import InputSpec, ModelSpec
 
-CONFIG = dict(img_size=16, patch_size=8, width=16, depth=2, heads=2, num_classes=2)
+CONFIG = {"img_size": 16, "patch_size": 8, "width": 16, "depth": 2, "heads": 2, "num_classes": 2}
 SPEC = ModelSpec(input=InputSpec(spatial_size=(16, 16, 16)), architecture="ViT3D", arguments=CONFIG)
 
 
@@ -35,7 +35,9 @@ def test_pickled_module_is_refused_by_default(tmp_path, vit):
     with pytest.raises(UntrustedCheckpointError) as error:
         load_checkpoint(path)
     message = one_line(error)
-    assert message.startswith("whole.pt holds a pickled napari_vitcam.models.architectures.vit3d.ViT3D, not only weights")
+    assert message.startswith(
+        "whole.pt holds a pickled napari_vitcam.models.architectures.vit3d.ViT3D, not only weights"
+    )
     assert "unpickling it can run arbitrary code" in message
     assert "load it with trust=True" in message and "state_dict or .safetensors" in message
 
@@ -75,7 +77,7 @@ def test_torchscript_is_refused(tmp_path, vit, how):
 
 
 @pytest.mark.parametrize(
-    "name, content, reason",
+    ("name", "content", "reason"),
     [
         ("garbage.pt", b"this is not a checkpoint at all", "unrecognised content"),
         ("empty.safetensors", b"", "the file is empty"),
@@ -197,7 +199,10 @@ def test_unknown_architecture(tmp_path, vit):
 
 
 def test_named_target_layer_must_exist(tmp_path, vit):
-    path = save_checkpoint(tmp_path / "model.safetensors", vit, SPEC.with_(target_layer="blocks.1.norm"))
+    path = tmp_path / "model.safetensors"
+    spec = SPEC.with_(target_layer="blocks.1.norm")
+    metadata = {"format": "napari-vitcam", "version": "1", "spec": spec.to_json()}
+    save_file(dict(vit.state_dict()), str(path), metadata=metadata)  # written by hand: save_checkpoint refuses it
     with pytest.raises(
         CheckpointError, match=r"model\.safetensors: the model has no module named 'blocks\.1\.norm'; did you mean"
     ):
@@ -230,7 +235,7 @@ FACTORY_SOURCE = textwrap.dedent(
 
 
 @pytest.mark.parametrize(
-    "factory, expected",
+    ("factory", "expected"),
     [
         ("no colon here", "factory 'no colon here' must be written 'package.module:callable'"),
         (
@@ -240,7 +245,10 @@ FACTORY_SOURCE = textwrap.dedent(
         ),
         ("vitcam_test_safety_factories:nope", "module 'vitcam_test_safety_factories' has no 'nope'"),
         ("vitcam_test_safety_factories:NOT_CALLABLE", "names an object of type int, not a callable"),
-        ("vitcam_test_safety_factories:broken", "failed (RuntimeError: no weights for you): check its arguments"),
+        (
+            "vitcam_test_safety_factories:broken",
+            "failed (RuntimeError: no weights for you): the error is in the factory's own code: fix the factory",
+        ),
         (
             "vitcam_test_safety_factories:not_a_model",
             "returned an object of type int, not a torch nn.Module: make it return the model",

@@ -47,11 +47,11 @@ def test_exposed_attention_probabilities_match_the_fused_path():
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    ("kwargs", "message"),
     [
-        (dict(img_size=8, patch_size=16), "must be positive and fit"),
-        (dict(width=30, heads=4), "divisible by heads"),
-        (dict(patch_size=(8, 8)), "3 ints"),
+        ({"img_size": 8, "patch_size": 16}, "must be positive and fit"),
+        ({"width": 30, "heads": 4}, "divisible by heads"),
+        ({"patch_size": (8, 8)}, "3 ints"),
     ],
 )
 def test_config_errors(kwargs, message):

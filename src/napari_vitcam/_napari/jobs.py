@@ -126,6 +126,9 @@ def model_task(loaded: LoadedModel) -> Task:
 
 
 def _probe_targets(loaded: LoadedModel) -> list[TargetCandidate]:
+    """The candidates loading already probed, else a probe now (the model runs once per load, not twice)."""
+    if loaded.targets is not None:
+        return list(loaded.targets)
     return targets_for(loaded)
 
 

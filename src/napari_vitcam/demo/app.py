@@ -13,9 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from napari_vitcam.demo.sample_data import DEFAULT_SEED, MASK_NAME, VOLUME_NAME, demo_layers
 from napari_vitcam.demo.shipped import shipped_checkpoint
+
+if TYPE_CHECKING:
+    from napari_vitcam._napari.widget import VitcamWidget
 
 WIDGET_NAME = "Grad-CAM (3D ViT)"
 #: Seconds a headless ``--screenshot`` run may take before it gives up.
@@ -40,8 +44,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 class DemoSession:
     """The viewer, its widget and what the command was asked to do."""
 
-    viewer: object
-    widget: object
+    viewer: Any
+    widget: VitcamWidget
     run: bool
     done: bool = False
     failed: bool = False
@@ -125,7 +129,12 @@ def wait_until_done(session: DemoSession, timeout_s: float) -> bool:
 
     loop = QEventLoop()
     poll = QTimer()
-    poll.timeout.connect(lambda: session.done and loop.quit())
+
+    def quit_when_done() -> None:
+        if session.done:
+            loop.quit()
+
+    poll.timeout.connect(quit_when_done)
     poll.start(50)
     QTimer.singleShot(int(timeout_s * 1000), loop.quit)
     if not session.done:

@@ -18,8 +18,8 @@ from the training and validation seeds) this reports:
   - best-threshold IoU: the IoU of the lesion with the heatmap thresholded at
     the level that matches it best.
 
-The metric functions take one heatmap and one mask as numpy arrays (or
-tensors) and can be reused on any volume.
+The metric functions live in :mod:`napari_vitcam.evaluation.localisation` and
+work on any volume.
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ import json
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from napari_vitcam.core.vocabulary import UPSAMPLE_MODES
+from napari_vitcam.core.vocabulary import UPSAMPLE_MODES, Upsample
 from napari_vitcam.demo.shipped import SHIPPED_CHECKPOINT, VALIDATION_SEED_START
 from napari_vitcam.demo.volumes import make_volume
 from napari_vitcam.engine.cam import grad_cam
@@ -41,6 +42,8 @@ from napari_vitcam.engine.explainers import EXPLAINERS
 from napari_vitcam.engine.targets import list_targets
 from napari_vitcam.engine.token_grid import grid_from_patches
 from napari_vitcam.engine.voxel_map import tokens_to_voxels
+from napari_vitcam.evaluation.localisation import heatmap_scores
+from napari_vitcam.models.architectures.vit3d import as_triple
 from napari_vitcam.models.checkpoint import load_checkpoint
 from napari_vitcam.models.spec import InputSpec, Normalization
 from napari_vitcam.models.targets import example_input
@@ -50,80 +53,11 @@ RANDOM_BASELINE = "random map"
 METRICS = ("pointing_strict", "pointing_tolerant", "mass", "iou")
 
 
-def _as_numpy(array) -> np.ndarray:
-    if isinstance(array, torch.Tensor):
-        return array.detach().float().cpu().numpy()
-    return np.asarray(array)
-
-
-def _check(heatmap, mask) -> tuple[np.ndarray, np.ndarray]:
-    heat = _as_numpy(heatmap).astype(np.float64, copy=False)
-    region = _as_numpy(mask).astype(bool, copy=False)
-    if heat.shape != region.shape:
-        raise ValueError(f"heatmap shape {heat.shape} and mask shape {region.shape} differ")
-    if not region.any():
-        raise ValueError("the mask is empty")
-    return heat, region
-
-
-def peak_distance(heatmap, mask) -> float:
-    """Distance in voxels from the heatmap's maximum (the first, if tied) to the nearest mask voxel; 0 inside."""
-    heat, region = _check(heatmap, mask)
-    peak = np.array(np.unravel_index(int(np.argmax(heat)), heat.shape), dtype=np.float64)
-    if region[tuple(peak.astype(int))]:
-        return 0.0
-    inside = np.argwhere(region).astype(np.float64)
-    return float(np.sqrt(((inside - peak) ** 2).sum(axis=1).min()))
-
-
-def pointing_game(heatmap, mask, tolerance: float = 0.0) -> bool:
-    """A hit when the heatmap's maximum lies inside ``mask`` or within ``tolerance`` voxels of it."""
-    return peak_distance(heatmap, mask) <= tolerance
-
-
-def mass_accuracy(heatmap, mask) -> float:
-    """Share of the heatmap's (non-negative) mass inside ``mask``; 0 for an all-zero heatmap."""
-    heat, region = _check(heatmap, mask)
-    heat = np.clip(heat, 0.0, None)
-    total = heat.sum()
-    return float(heat[region].sum() / total) if total > 0 else 0.0
-
-
-def best_threshold_iou(heatmap, mask) -> tuple[float, float]:
-    """The best IoU of ``heatmap >= t`` with ``mask`` over all thresholds t, and that t.
-
-    Every distinct heatmap value is tried as a threshold (exactly, via one sort).
-    """
-    heat, region = _check(heatmap, mask)
-    values = heat.ravel()
-    order = np.argsort(-values, kind="stable")
-    sorted_values = values[order]
-    hits = np.cumsum(region.ravel()[order])
-    count = np.arange(1, values.size + 1)
-    iou = hits / (count + region.sum() - hits)
-    # A threshold keeps every voxel at or above it: only the last of a run of ties is reachable.
-    last_of_tie = np.append(sorted_values[1:] != sorted_values[:-1], True)
-    iou = np.where(last_of_tie, iou, -1.0)
-    best = int(np.argmax(iou))
-    return float(iou[best]), float(sorted_values[best])
-
-
-def heatmap_scores(heatmap, mask, tolerance: float) -> dict[str, float]:
-    """All four localisation metrics of one heatmap."""
-    distance = peak_distance(heatmap, mask)
-    return {
-        "pointing_strict": float(distance == 0.0),
-        "pointing_tolerant": float(distance <= tolerance),
-        "mass": mass_accuracy(heatmap, mask),
-        "iou": best_threshold_iou(heatmap, mask)[0],
-    }
-
-
 def random_heatmap(
     model_input_shape: Sequence[int], patch_size: Sequence[int], generator: torch.Generator
 ) -> np.ndarray:
     """A random map at the model's resolution: uniform token values, upsampled like Grad-CAM's."""
-    grid = grid_from_patches(tuple(model_input_shape), tuple(patch_size))
+    grid = grid_from_patches(as_triple(list(model_input_shape)), as_triple(list(patch_size)))
     tokens = torch.rand((1, *grid.shape), generator=generator)
     return tokens_to_voxels(tokens, grid, mode="smooth")[0].numpy()
 
@@ -167,7 +101,7 @@ def evaluate_blocks(
     normalization: Normalization,
     targets: Sequence[str] | None = None,
     batch: int = 8,
-    upsample: str = "smooth",
+    upsample: Upsample = "smooth",
     tolerance: float | None = None,
     baseline: bool = True,
     occlusion_threshold: float = 0.5,
@@ -213,14 +147,14 @@ def evaluate_blocks(
         class_idx = predicted if explain == "predicted" else labels
         for name in targets:
             cams = grad_cam(model, x, name, class_idx=class_idx, upsample=upsample, method=method).numpy()
-            rows[name] += [heatmap_scores(cam, v.mask, tolerance) for cam, v in zip(cams, volumes)]
+            rows[name] += [heatmap_scores(cam, v.mask, tolerance) for cam, v in zip(cams, volumes, strict=False)]
         if baseline:
             rows[RANDOM_BASELINE] += [
                 heatmap_scores(random_heatmap(size, patch, generator), v.mask, tolerance) for v in volumes
             ]
         if progress is not None:
             progress(n, len(seeds))
-    results = {name: _mean_rows(r) for name, r in rows.items()}
+    results: dict[str, dict[str, Any]] = {name: _mean_rows(r) for name, r in rows.items()}
     results["_summary"] = {
         "volumes": n,
         "accuracy": correct / n,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from napari_vitcam.models.architectures.vit3d import ViT3D
+from napari_vitcam.models.architectures.vit3d import Block, ViT3D
 
 
 class ReadoutCapture:
@@ -82,6 +82,7 @@ def readout_logits(model: ViT3D, block_input: torch.Tensor) -> torch.Tensor:
     if model.cls_token is None:
         raise ValueError("token readout needs a cls-token ViT (pool='cls')")
     block = model.blocks[-1]
+    assert isinstance(block, Block)
     width = block_input.shape[-1]
     cls = block_input[:, :1]
     tokens = block.norm1(block_input[:, 1:])

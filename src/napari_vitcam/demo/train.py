@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from napari_vitcam.demo.evaluate import evaluate_blocks
 from napari_vitcam.demo.shipped import SHIPPED_CHECKPOINT, TRAIN_SEED_START, VALIDATION_SEED_START
@@ -129,7 +130,14 @@ def learning_rate(progress: float, peak: float, warmup: float, floor: float = 0.
 def build_model(width: int, depth: int, heads: int, pool: str = "attn") -> ViT3D:
     """The reference ViT for 64³ demo volumes, patch 8."""
     config = ViTConfig(
-        in_channels=1, img_size=64, patch_size=8, width=width, depth=depth, heads=heads, num_classes=2, pool=pool
+        in_channels=1,
+        img_size=(64, 64, 64),
+        patch_size=(8, 8, 8),
+        width=width,
+        depth=depth,
+        heads=heads,
+        num_classes=2,
+        pool=pool,
     )
     return ViT3D(config)
 
@@ -150,7 +158,7 @@ def fan_in_init(model: ViT3D, gain: float = 1.0) -> None:
 def demo_spec(model: ViT3D, target_layer: str) -> ModelSpec:
     """The spec stored with the demo checkpoint."""
     return ModelSpec(
-        input=InputSpec(channels=1, spatial_size=tuple(model.config.img_size), normalization=NORMALIZATION),
+        input=InputSpec(channels=1, spatial_size=model.config.img_size, normalization=NORMALIZATION),
         class_names=CLASS_NAMES,
         target_layer=target_layer,
         architecture="ViT3D",
@@ -172,9 +180,11 @@ def zero_sum_head(model: ViT3D) -> None:
     class score that Grad-CAM explains. Subtracting it makes each class score
     the evidence for that class against the others.
     """
+    head = model.head
+    assert isinstance(head, nn.Linear)
     with torch.no_grad():
-        model.head.weight -= model.head.weight.mean(dim=0, keepdim=True)
-        model.head.bias -= model.head.bias.mean()
+        head.weight.sub_(head.weight.mean(dim=0, keepdim=True))
+        head.bias.sub_(head.bias.mean())
 
 
 def choose_block(model: ViT3D, n_volumes: int, log=print) -> tuple[str, dict]:

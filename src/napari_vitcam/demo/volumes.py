@@ -98,7 +98,10 @@ def _soft_inside(distance: torch.Tensor, radius: float, edge: float) -> torch.Te
 
 def _box(low, high, size: int) -> tuple[slice, slice, slice]:
     """The voxel box (as slices) covering ``low..high`` on each axis, clipped to the volume."""
-    return tuple(slice(max(0, int(np.floor(lo))), max(0, min(size, int(np.ceil(hi)) + 1))) for lo, hi in zip(low, high))  # type: ignore[return-value]
+    return tuple(
+        slice(max(0, int(np.floor(lo))), max(0, min(size, int(np.ceil(hi)) + 1)))
+        for lo, hi in zip(low, high, strict=False)
+    )  # type: ignore[return-value]
 
 
 def _box_distance(center, box, size: int) -> torch.Tensor:
@@ -263,7 +266,7 @@ def _generate(
         mask=mask,
         healthy=healthy,
         label=label,
-        center=tuple(float(c) for c in lesion_center),
+        center=(float(lesion_center[0]), float(lesion_center[1]), float(lesion_center[2])),
         diameter=diameter,
         contrast=contrast,
         params=params,

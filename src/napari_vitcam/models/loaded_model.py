@@ -7,6 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
+from napari_vitcam.engine.targets import TargetCandidate
 from napari_vitcam.models.spec import ModelSpec
 
 
@@ -18,7 +19,9 @@ class LoadedModel:
     traced to the exact weights. ``warnings`` lists what loading tolerated
     (ignored keys, for example). ``format`` says what was read: ``native``,
     ``state-dict`` (with a factory or a spec's architecture), ``pickled-module``
-    (trusted) or ``monai-bundle``.
+    (trusted) or ``monai-bundle``. ``targets``: the target candidates, when
+    loading probed them to choose the target layer (None when it did not), so
+    a front end need not run the model again to list them.
     """
 
     model: nn.Module
@@ -27,6 +30,7 @@ class LoadedModel:
     sha256: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     format: str = ""
+    targets: tuple[TargetCandidate, ...] | None = None
 
     @property
     def class_names(self) -> tuple[str, ...]:

@@ -18,11 +18,16 @@ _CHANNEL_ARGUMENTS = ("in_channels", "n_input_channels", "in_chans")
 _SIZE_ARGUMENTS = ("img_size", "image_size", "input_size")
 
 
-def _triple(value) -> Triple | None:
+def positive_triple(value: object) -> Triple | None:
+    """``8 -> (8, 8, 8)``, ``[8, 8, 4] -> (8, 8, 4)`` for positive ints, else None."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return (value, value, value)
-    if isinstance(value, (tuple, list)) and len(value) == 3 and all(isinstance(v, int) and v > 0 for v in value):
-        return tuple(value)  # type: ignore[return-value]
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        return (int(value[0]), int(value[1]), int(value[2]))
     return None
 
 
@@ -41,14 +46,14 @@ def channels_from(model: nn.Module, arguments: dict) -> int | None:
 
 def spatial_size_from(model: nn.Module, arguments: dict) -> Triple | None:
     for key in _SIZE_ARGUMENTS:
-        size = _triple(arguments.get(key))
+        size = positive_triple(arguments.get(key))
         if size is not None:
             return size
     in_shape = arguments.get("in_shape")
     if isinstance(in_shape, (tuple, list)) and len(in_shape) == 4:
-        return _triple(list(in_shape[1:]))
+        return positive_triple(list(in_shape[1:]))
     for module in model.modules():
-        size = _triple(getattr(module, "img_size", None))
+        size = positive_triple(getattr(module, "img_size", None))
         if size is not None:
             return size
     return None

@@ -164,3 +164,31 @@ def load_state(
     kept = {k: v for k, v in state.items() if k not in set(report.ignored_unexpected)}
     model.load_state_dict(kept, strict=False)
     return warnings
+
+
+def first_non_finite(tensors: Mapping[str, torch.Tensor], *, allow_infinite: bool = False) -> str | None:
+    """The name of the first floating-point tensor holding NaN (or Inf, unless allowed), or None."""
+    for key, tensor in tensors.items():
+        if not (tensor.is_floating_point() or tensor.is_complex()):
+            continue
+        bad = torch.isnan(tensor) if allow_infinite else ~torch.isfinite(tensor)
+        if bool(bad.any()):
+            return key
+    return None
+
+
+def check_finite(model: nn.Module, source: str, remedy: str) -> None:
+    """Refuse a model whose weights hold NaN or Inf: it gives NaN scores and empty maps, not an error.
+
+    Parameters must be finite; buffers must not be NaN (a mask buffer may hold -Inf on purpose).
+
+    Args:
+        model: the model, weights loaded.
+        source: names the file or model in the message.
+        remedy: what to do about it.
+    """
+    key = first_non_finite(dict(model.named_parameters()))
+    if key is None:
+        key = first_non_finite(dict(model.named_buffers()), allow_infinite=True)
+    if key is not None:
+        raise CheckpointError(f"{source}: the tensor {key} holds non-finite values (NaN or Inf): {remedy}")

@@ -8,7 +8,8 @@ What a file holds is told from its first bytes, not its name:
   containers. A file that needs full unpickling (a whole pickled
   ``nn.Module``, for example) is refused with
   :class:`~napari_vitcam.core.errors.UntrustedCheckpointError` unless the caller
-  passes ``trust=True``;
+  passes ``trust=True``; a pickle that calls a blocked module (``os``,
+  ``sys``: it would run a command) is refused even then;
 * a TorchScript archive: refused, as Grad-CAM's hooks do not work on
   ScriptModules.
 
@@ -72,7 +73,7 @@ def check_suffix(path: Path) -> None:
         )
 
 
-def _corrupt(path: Path, what: str, reason: str) -> CheckpointError:
+def _corrupt(path: Path, what: str, reason: object) -> CheckpointError:
     reason = one_line(reason)
     return CheckpointError(
         f"{path.name} cannot be read as {what} ({reason}): it may be truncated or corrupt; download or save it again"
@@ -129,41 +130,79 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = dict(handle.metadata() or {})
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise _corrupt(path, "a safetensors file", error) from None
     return tensors, metadata
 
 
-def _unsupported_global(message: str) -> str | None:
-    """The class a weights-only load refused, or None when the refusal was for another reason."""
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+#: How torch's weights-only unpickler words a refused class or function, across versions:
+#: "Unsupported global: GLOBAL x.Y was not an allowed global by default" (any class not allowlisted),
+#: "Trying to load unsupported GLOBAL posix.system whose module posix is blocked" (os, sys, ...),
+#: and the allowlist hints of object construction ("classes allowlisted via `add_safe_globals`").
+_REFUSED_GLOBAL = re.compile(r"unsupported(?: global:)? GLOBAL (?P<name>[\w.]+)", re.IGNORECASE)
+_BLOCKED_MODULE = re.compile(r"whose module (?P<module>[\w.]+) is blocked")
+_ALLOWLIST_HINTS = ("add_safe_globals", "safe_globals", "allowlist", "allowed global")
+
+#: The remedy a refusal to unpickle gives, for every front end.
+TRUST_REMEDY = "if you trust its source, load it with trust=True (--trust on the command line; the plugin asks first)"
+
+
+@dataclass(frozen=True)
+class RefusedGlobal:
+    """What a weights-only load refused: the class or function, and whether its module is blocked outright."""
+
+    name: str
+    blocked: bool
+
+
+def refused_global(message: str) -> RefusedGlobal | None:
+    """The class a weights-only load refused, or None when the refusal was for another reason (a corrupt file)."""
+    found = _REFUSED_GLOBAL.search(message)
+    blocked = _BLOCKED_MODULE.search(message) is not None
     if found:
-        return found.group(1)
-    return "object" if "Unsupported global" in message else None
+        return RefusedGlobal(found.group("name"), blocked)
+    if blocked or any(hint in message for hint in _ALLOWLIST_HINTS):
+        return RefusedGlobal("object", blocked)
+    return None
 
 
 def _untrusted(path: Path, what: str) -> UntrustedCheckpointError:
     return UntrustedCheckpointError(
         f"{path.name} holds a pickled {what}, not only weights, and unpickling it can run arbitrary code: "
-        "if you trust its source, load it with trust=True (the plugin asks first); "
-        "otherwise ask for a state_dict or .safetensors file"
+        f"{TRUST_REMEDY}; otherwise ask for a state_dict or .safetensors file"
     )
+
+
+def _never_unpickled(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path.name} holds a pickle that calls {what}, which no model file needs (it would run a command): "
+        "it is never unpickled, trusted or not; ask for a state_dict or .safetensors file"
+    )
+
+
+def _torch_load(path: Path, *, weights_only: bool) -> Any:
+    """``torch.load`` from an open file: torch then reads the content, whatever the name (it would read any
+    file named ``.safetensors`` as safetensors)."""
+    with open(path, "rb") as handle:
+        return torch.load(handle, map_location="cpu", weights_only=weights_only)
 
 
 def _read_torch(path: Path, trust: bool) -> tuple[Any, bool]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True), False
+        return _torch_load(path, weights_only=True), False
     except pickle.UnpicklingError as error:
-        refused = _unsupported_global(str(error))
+        refused = refused_global(str(error))
         if refused is None:
             raise _corrupt(path, "a PyTorch file", str(error).split(".")[0]) from None
+        if refused.blocked:
+            raise _never_unpickled(path, refused.name) from None
         if not trust:
-            raise _untrusted(path, refused) from None
+            raise _untrusted(path, refused.name) from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise _corrupt(path, "a PyTorch file", error) from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False), True
+        return _torch_load(path, weights_only=False), True
     except (ImportError, AttributeError) as error:
         raise CheckpointError(
             f"{path.name} needs code that is not installed here to unpickle ({error}): "

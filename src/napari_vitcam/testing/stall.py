@@ -49,7 +49,7 @@ class TickRecorder:
     def stop(self) -> StallReport:
         self.timer.stop()
         self._tick()
-        gaps = [b - a for a, b in zip(self.times, self.times[1:])]
+        gaps = [b - a for a, b in zip(self.times, self.times[1:], strict=False)]
         return StallReport(
             longest_s=max(gaps, default=0.0),
             ticks=len(self.times) - 2,
@@ -66,7 +66,12 @@ def longest_stall(done: Callable[[], bool], *, timeout_s: float = 60.0, interval
     """
     loop = QEventLoop()
     recorder = TickRecorder(interval_ms)
-    recorder.timer.timeout.connect(lambda: done() and loop.quit())
+
+    def quit_when_done() -> None:
+        if done():
+            loop.quit()
+
+    recorder.timer.timeout.connect(quit_when_done)
     deadline = QTimer()
     deadline.setSingleShot(True)
     deadline.timeout.connect(loop.quit)

@@ -15,7 +15,9 @@ from torch import nn
 
 from napari_vitcam.core.errors import CheckpointError, MissingExtraError
 from napari_vitcam.core.vocabulary import one_line
+from napari_vitcam.models.architectures.base import ArchitectureFamily
 
+PREFIX = "monai:"
 INSTALL = 'pip install "napari-vitcam[monai]"'
 _NETS_PREFIXES = ("monai.networks.nets.", "monai.networks.")
 # Older MONAI ViT blocks always built a cross-attention branch (keys
@@ -104,3 +106,15 @@ def is_version_drift(key: str, model: nn.Module) -> bool:
     except AttributeError:
         return False
     return type(owner).__name__ == "TransformerBlock" and not getattr(owner, "with_cross_attention", False)
+
+
+class MonaiNetwork(ArchitectureFamily):
+    """``"monai:<ClassName>"``: a 3-D network of ``monai.networks.nets``; arguments are its constructor's."""
+
+    form = "'monai:<ClassName>'"
+
+    def matches(self, name: str) -> bool:
+        return name.startswith(PREFIX) and name[len(PREFIX) :].isidentifier()
+
+    def build(self, name: str, arguments: dict) -> nn.Module:
+        return build_network(name[len(PREFIX) :], arguments)

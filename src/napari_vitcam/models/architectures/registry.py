@@ -1,6 +1,6 @@
-"""Building a model from its architecture's name and arguments.
+"""Building a model from its architecture's name and arguments: the one registry of architecture families.
 
-An architecture is written as one of:
+An architecture is written as one of (in :data:`FAMILIES`' order):
 
 * ``"ViT3D"``: the reference ViT, arguments are :class:`~napari_vitcam.models.architectures.vit3d.ViTConfig` fields;
 * ``"monai:<ClassName>"``: a network of ``monai.networks.nets`` (the ``monai`` extra),
@@ -8,120 +8,103 @@ An architecture is written as one of:
 * ``"package.module:callable"``: user code that returns an ``nn.Module``. A name
   read from a file is never imported on its own: the caller passes it as
   ``factory`` to say the code is theirs to run.
+
+To add a family, subclass :class:`~napari_vitcam.models.architectures.base.ArchitectureFamily`
+and list an instance in :data:`FAMILIES`; nothing else needs to change.
+
+A model built from a name is first built on PyTorch's ``meta`` device, which
+allocates nothing, and refused when it would hold more than
+:data:`~napari_vitcam.models.limits.MAX_PARAMETERS` values.
 """
 
 from __future__ import annotations
 
-import importlib
-import re
-from collections.abc import Callable
-from typing import Any
-
+import torch
 from torch import nn
 
 from napari_vitcam.core.errors import CheckpointError
-from napari_vitcam.core.vocabulary import error_detail
-from napari_vitcam.models.architectures.vit3d import ViT3D, ViTConfig
+from napari_vitcam.models import limits
+from napari_vitcam.models.architectures.base import ArchitectureFamily
+from napari_vitcam.models.architectures.factory import (
+    Factory,
+    UserCode,
+    call_factory,
+    import_factory,
+    is_factory_ref,
+    run_module_builder,
+)
+from napari_vitcam.models.architectures.monai import MonaiNetwork
+from napari_vitcam.models.architectures.vit3d import ReferenceViT
 
-REFERENCE_VIT = "ViT3D"
-MONAI_PREFIX = "monai:"
-Factory = str | Callable[..., nn.Module]
-_FACTORY_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+#: The families, asked in order: the first whose ``matches`` accepts a name builds it.
+FAMILIES: tuple[ArchitectureFamily, ...] = (ReferenceViT(), MonaiNetwork(), UserCode())
+
+REFERENCE_VIT = ReferenceViT.NAME
+
+__all__ = [
+    "FAMILIES",
+    "REFERENCE_VIT",
+    "Factory",
+    "build_model",
+    "call_factory",
+    "check_architecture",
+    "describe",
+    "family_of",
+    "import_factory",
+    "is_factory_ref",
+    "run_module_builder",
+]
 
 
-def is_factory_ref(architecture: str) -> bool:
-    return not architecture.startswith(MONAI_PREFIX) and bool(_FACTORY_REF.match(architecture))
+def family_of(architecture: str) -> ArchitectureFamily:
+    """The family that builds ``architecture``; refuses a name written in none of their forms.
+
+    Args:
+        architecture: the spec's architecture name.
+    """
+    for family in FAMILIES:
+        if family.matches(architecture):
+            return family
+    forms = ", ".join(f.form for f in FAMILIES[:-1]) + f" or {FAMILIES[-1].form}"
+    raise CheckpointError(f"unknown architecture {architecture!r}: write {forms}")
 
 
 def check_architecture(architecture: str) -> None:
-    """Refuse a name that is none of the three forms."""
-    if architecture == REFERENCE_VIT or is_factory_ref(architecture):
-        return
-    if architecture.startswith(MONAI_PREFIX) and architecture[len(MONAI_PREFIX) :].isidentifier():
-        return
-    raise CheckpointError(
-        f"unknown architecture {architecture!r}: write 'ViT3D', 'monai:<ClassName>' or 'package.module:callable'"
-    )
+    """Refuse a name that no family matches."""
+    family_of(architecture)
 
 
-def build_reference_vit(arguments: dict) -> ViT3D:
-    try:
-        return ViT3D(ViTConfig(**arguments))
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"cannot build ViT3D from its arguments ({error}): fix the spec's arguments") from None
+def _count_values(model: nn.Module) -> int:
+    return sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
 
 
 def build_model(architecture: str, arguments: dict) -> nn.Module:
-    """The model ``architecture`` names, built from ``arguments``; never imports user code."""
-    check_architecture(architecture)
-    if architecture == REFERENCE_VIT:
-        return build_reference_vit(arguments)
-    if architecture.startswith(MONAI_PREFIX):
-        from napari_vitcam.models.architectures.monai import build_network
+    """The model ``architecture`` names, built from ``arguments``; never imports user code.
 
-        return build_network(architecture[len(MONAI_PREFIX) :], arguments)
-    raise CheckpointError(
-        f"the checkpoint was saved from user code {architecture!r}: pass factory={architecture!r} to load it "
-        "(code named inside a file is never imported on its own)"
-    )
+    Args:
+        architecture: a name in one of the families' forms.
+        arguments: the constructor's keyword arguments.
 
-
-def import_factory(ref: str) -> Callable[..., Any]:
-    """The callable ``"package.module:callable"`` names (dotted attributes allowed after the colon)."""
-    if not _FACTORY_REF.match(ref):
-        raise CheckpointError(
-            f"factory {ref!r} must be written 'package.module:callable', e.g. 'mypackage.models:build_vit'"
-        )
-    module_name, attribute = ref.split(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as error:
-        raise CheckpointError(
-            f"cannot import {module_name!r} for factory {ref!r} ({error}): install it or add its folder to PYTHONPATH"
-        ) from None
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise CheckpointError(f"module {module_name!r} has no {attribute!r} for factory {ref!r}: check the name")
-        target = getattr(target, part)
-    if not callable(target):
-        raise CheckpointError(
-            f"factory {ref!r} names an object of type {type(target).__name__}, not a callable: name a function or class"
-        )
-    return target
-
-
-def call_factory(factory: Factory, kwargs: dict) -> nn.Module:
-    """``factory(**kwargs)``, checked to return an ``nn.Module``."""
-    function = import_factory(factory) if isinstance(factory, str) else factory
-    label = factory if isinstance(factory, str) else getattr(factory, "__qualname__", repr(factory))
-    shown = ", ".join(sorted(kwargs)) or "none"
-    return run_module_builder(
-        lambda: function(**kwargs),
-        f"factory {label!r}",
-        on_failure=f"check its arguments (given: {shown})",
-        on_wrong_type="make it return the model",
-    )
-
-
-def run_module_builder(build: Callable[[], object], what: str, *, on_failure: str, on_wrong_type: str) -> nn.Module:
-    """Run user code that builds a model; a failure or a non-module becomes a one-line :class:`CheckpointError`.
-
-    ``what`` names the code in the message; ``on_failure`` and ``on_wrong_type``
-    say what to do about each case.
+    Raises:
+        CheckpointError: unknown name, arguments that do not build it, or a model over the size bound.
     """
-    try:
-        model = build()
-    except Exception as error:  # user code: any failure becomes a message
-        raise CheckpointError(f"{what} failed ({error_detail(error)}): {on_failure}") from None
-    if not isinstance(model, nn.Module):
+    family = family_of(architecture)
+    with torch.device("meta"):
+        probe = family.build(architecture, arguments)
+    count = _count_values(probe)
+    del probe
+    if count > limits.MAX_PARAMETERS:
         raise CheckpointError(
-            f"{what} returned an object of type {type(model).__name__}, not a torch nn.Module: {on_wrong_type}"
+            f"{architecture} built from these arguments would hold {count:,} values, over the bound of "
+            f"{limits.MAX_PARAMETERS:,}: fix the spec's arguments (sizes, width, depth)"
         )
-    return model
+    return family.build(architecture, arguments)
 
 
 def describe(model: nn.Module) -> tuple[str, dict] | None:
-    """``(architecture, arguments)`` read from the model itself, where it says (the reference ViT does)."""
-    if isinstance(model, ViT3D):
-        return REFERENCE_VIT, model.config.to_dict()
+    """``(architecture, arguments)`` read from the model itself, where its family says (the reference ViT does)."""
+    for family in FAMILIES:
+        described = family.describe(model)
+        if described is not None:
+            return described
     return None

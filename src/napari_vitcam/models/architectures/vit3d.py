@@ -14,25 +14,45 @@ Module names read well as Grad-CAM targets: ``blocks.3.norm1``, ``blocks.2``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from numbers import Integral, Real
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_vitcam.core.errors import CheckpointError
 from napari_vitcam.core.vocabulary import Triple
+from napari_vitcam.models import limits
+from napari_vitcam.models.architectures.base import ArchitectureFamily
 
 #: How the head reads the tokens: the cls token, the mean of the patch tokens, or their attention-weighted mean.
 POOLS = ("cls", "mean", "attn")
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
 def as_triple(value: int | tuple[int, ...] | list[int], name: str = "value") -> Triple:
-    """``8 -> (8, 8, 8)``; a 3-sequence is returned as a tuple of ints."""
-    if isinstance(value, int):
-        return (value, value, value)
-    values = tuple(int(v) for v in value)
-    if len(values) != 3:
+    """``8 -> (8, 8, 8)``; a 3-sequence of ints is returned as a tuple of ints."""
+    if _is_int(value):
+        return (int(value), int(value), int(value))  # type: ignore[arg-type]
+    if not isinstance(value, (tuple, list)) or len(value) != 3 or not all(_is_int(v) for v in value):
         raise ValueError(f"{name} must be an int or 3 ints (depth, height, width), got {value!r}")
-    return values  # type: ignore[return-value]
+    return tuple(int(v) for v in value)  # type: ignore[return-value]
+
+
+def _check_int(name: str, value, low: int, high: int) -> None:
+    if not _is_int(value) or not low <= value <= high:
+        raise ValueError(f"{name} must be an int from {low} to {high}, got {value!r}")
+
+
+def _check_number(name: str, value, low: float, high: float, *, include_low: bool) -> None:
+    number_ok = isinstance(value, Real) and not isinstance(value, bool)
+    in_range = number_ok and (low <= value if include_low else low < value) and value <= high
+    if not in_range:
+        bracket = "[" if include_low else "("
+        raise ValueError(f"{name} must be a number in {bracket}{low}, {high}], got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -52,11 +72,24 @@ class ViTConfig:
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        """Check every field's type and range (bounds in :mod:`napari_vitcam.models.limits`) before any allocation."""
         object.__setattr__(self, "img_size", as_triple(self.img_size, "img_size"))
         object.__setattr__(self, "patch_size", as_triple(self.patch_size, "patch_size"))
-        for size, patch in zip(self.img_size, self.patch_size):
+        for size, patch in zip(self.img_size, self.patch_size, strict=True):
             if patch <= 0 or size < patch:
                 raise ValueError(f"patch_size {self.patch_size} must be positive and fit in img_size {self.img_size}")
+        if max(self.img_size) > limits.MAX_SIDE:
+            raise ValueError(f"img_size {self.img_size} is over {limits.MAX_SIDE} voxels along an axis")
+        tokens = self.grid_size[0] * self.grid_size[1] * self.grid_size[2]
+        if tokens > limits.MAX_TOKENS:
+            raise ValueError(f"img_size / patch_size gives {tokens} tokens, over the bound {limits.MAX_TOKENS}")
+        _check_int("in_channels", self.in_channels, 1, limits.MAX_CHANNELS)
+        _check_int("width", self.width, 1, limits.MAX_WIDTH)
+        _check_int("depth", self.depth, 0, limits.MAX_DEPTH)
+        _check_int("heads", self.heads, 1, limits.MAX_HEADS)
+        _check_int("num_classes", self.num_classes, 1, limits.MAX_CLASSES)
+        _check_number("mlp_ratio", self.mlp_ratio, 0.0, limits.MAX_MLP_RATIO, include_low=False)
+        _check_number("dropout", self.dropout, 0.0, 1.0, include_low=True)
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(map(repr, POOLS))}, got {self.pool!r}")
         if self.width % self.heads:
@@ -64,7 +97,7 @@ class ViTConfig:
 
     @property
     def grid_size(self) -> Triple:
-        return tuple(s // p for s, p in zip(self.img_size, self.patch_size))  # type: ignore[return-value]
+        return tuple(s // p for s, p in zip(self.img_size, self.patch_size, strict=True))  # type: ignore[return-value]
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -84,7 +117,7 @@ class PatchEmbed3D(nn.Module):
         super().__init__()
         self.img_size = img_size
         self.patch_size = patch_size
-        self.grid_size = tuple(s // p for s, p in zip(img_size, patch_size))
+        self.grid_size = tuple(s // p for s, p in zip(img_size, patch_size, strict=True))
         self.proj = nn.Conv3d(in_channels, width, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -201,8 +234,9 @@ class ViT3D(nn.Module):
 
     def set_expose_attention(self, enabled: bool) -> None:
         """Make every block's attention pass its probabilities through ``attn.probs``."""
-        for block in self.blocks:
-            block.attn.expose_probs = enabled
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.expose_probs = enabled
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.patch_embed(x)
@@ -232,3 +266,26 @@ def _init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+class ReferenceViT(ArchitectureFamily):
+    """``"ViT3D"``: the reference ViT; its arguments are :class:`ViTConfig` fields."""
+
+    NAME = "ViT3D"
+    form = "'ViT3D'"
+
+    def matches(self, name: str) -> bool:
+        return name == self.NAME
+
+    def build(self, name: str, arguments: dict) -> nn.Module:
+        try:
+            return ViT3D(ViTConfig(**arguments))
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(
+                f"cannot build ViT3D from its arguments ({error}): fix the spec's arguments"
+            ) from None
+
+    def describe(self, model: nn.Module) -> tuple[str, dict] | None:
+        if isinstance(model, ViT3D):
+            return self.NAME, model.config.to_dict()
+        return None

@@ -1,0 +1,439 @@
+"""Faithfulness: does the model's answer change when what the map ranks first is taken away?
+
+Deletion and insertion curves (Petsiuk, Das & Saenko 2018, "RISE: Randomized
+Input Sampling for Explanation of Black-box Models", BMVC), in 3D, by patch:
+the grid's cells are removed from the model input (deletion) or revealed on a
+baseline (insertion) in the order the map ranks them, and the explained
+class's probability is recorded after each step. The same curves for random
+orders give the band a map must beat. All perturbed inputs of a curve run as
+batches on the model's device.
+
+A perturbation needs a baseline, and a baseline can itself look like
+evidence to the model (a mean-filled or blurred patch can look like a new
+lesion). So the baseline is a choice that is recorded with every curve
+(``blur``, ``mean``, ``noise`` or a ``reference`` volume such as a healthy
+scan), and :func:`compare_baselines` shows how much the curves move between
+baselines.
+
+:func:`agreement` is the cheap check run after every explanation: the drop in
+the class probability when the map's top cells are removed, against random
+cells of the same number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from napari_vitcam.core.errors import InputError
+from napari_vitcam.engine.capture import eval_mode
+from napari_vitcam.engine.introspect import read_logits
+from napari_vitcam.engine.token_grid import TokenGrid
+
+Mode = Literal["deletion", "insertion"]
+MODES: tuple[Mode, ...] = get_args(Mode)
+Baseline = Literal["blur", "mean", "noise", "reference"]
+BASELINES: tuple[Baseline, ...] = get_args(Baseline)
+
+
+@dataclass(frozen=True)
+class PerturbationCurves:
+    """A deletion or insertion curve for a map, and the same curve for random orders.
+
+    Args:
+        mode: ``deletion`` (cells removed, most relevant first) or ``insertion``
+            (cells revealed on the baseline, most relevant first).
+        baseline: what replaced the removed (or hidden) voxels.
+        class_idx: the class whose probability is recorded.
+        fractions: (K,) the share of the grid's cells removed or revealed at each step.
+        ranked: (K,) the class probability along the map's order.
+        random: (R, K) the same along R random orders.
+    """
+
+    mode: Mode
+    baseline: str
+    class_idx: int
+    fractions: np.ndarray
+    ranked: np.ndarray
+    random: np.ndarray
+
+    @property
+    def auc(self) -> float:
+        """Area under the map's curve (lower is better for deletion, higher for insertion)."""
+        return _area(self.fractions, self.ranked)
+
+    @property
+    def random_aucs(self) -> np.ndarray:
+        return np.array([_area(self.fractions, curve) for curve in self.random])
+
+    @property
+    def random_auc(self) -> float:
+        return float(self.random_aucs.mean())
+
+    @property
+    def beats_random(self) -> bool:
+        """The map's curve falls faster (deletion) or rises faster (insertion) than every random order's."""
+        if self.mode == "deletion":
+            return bool(self.auc < self.random_aucs.min())
+        return bool(self.auc > self.random_aucs.max())
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "mode": self.mode,
+            "baseline": self.baseline,
+            "class_idx": self.class_idx,
+            "auc": self.auc,
+            "random_auc": self.random_auc,
+            "random_auc_std": float(self.random_aucs.std()),
+            "beats_random": self.beats_random,
+            "fractions": self.fractions.tolist(),
+            "ranked": self.ranked.tolist(),
+            "random": self.random.tolist(),
+        }
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How much the class probability drops when the map's top cells are removed, against random cells.
+
+    Args:
+        class_idx: the class explained.
+        cells: how many cells were removed.
+        baseline: what replaced them.
+        probability: the class probability on the whole input.
+        drop: the drop when the map's top cells are removed.
+        random_drops: the drops for random sets of as many cells.
+    """
+
+    class_idx: int
+    cells: int
+    baseline: str
+    probability: float
+    drop: float
+    random_drops: np.ndarray = field(repr=False)
+
+    @property
+    def random_drop(self) -> float:
+        return float(self.random_drops.mean())
+
+    @property
+    def margin(self) -> float:
+        """How far the map's drop lies above the random drops, in their standard deviations (at least 0.01)."""
+        spread = max(float(self.random_drops.std()), 0.01)
+        return (self.drop - self.random_drop) / spread
+
+    @property
+    def better_than_random(self) -> bool:
+        """The map's cells matter clearly more than random ones: a drop over two spreads above the random mean."""
+        return bool(self.margin > 2.0)
+
+    @property
+    def line(self) -> str:
+        """One line for a person: what was measured and whether the map did better than chance."""
+        text = (
+            f"removing the map's top {self.cells} cells ({self.baseline}) lowers p from {self.probability:.2f} "
+            f"by {self.drop:.2f}; random cells: {self.random_drop:.2f}"
+        )
+        if self.better_than_random:
+            return text
+        return text + " — the map does no better than random cells: do not trust it"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "class_idx": self.class_idx,
+            "cells": self.cells,
+            "baseline": self.baseline,
+            "probability": self.probability,
+            "drop": self.drop,
+            "random_drop": self.random_drop,
+            "random_drops": self.random_drops.tolist(),
+            "margin": self.margin,
+            "better_than_random": self.better_than_random,
+        }
+
+
+def _area(fractions: np.ndarray, values: np.ndarray) -> float:
+    return float(np.sum((values[1:] + values[:-1]) * np.diff(fractions)) / 2.0)
+
+
+def cell_index(grid: TokenGrid, device: torch.device) -> torch.Tensor:
+    """(D, H, W) long: the grid cell (row-major token index) each model-input voxel lies in, -1 outside the grid."""
+    axes = []
+    for size, cells, cell in zip(grid.input_shape, grid.shape, grid.cell, strict=True):
+        index = torch.div(torch.arange(size, device=device, dtype=torch.float64) + 0.5, cell, rounding_mode="floor")
+        index = index.long()
+        axes.append(torch.where(index < cells, index, torch.full_like(index, -1)))
+    _, h, w = grid.shape
+    i, j, k = torch.meshgrid(*axes, indexing="ij")
+    flat = (i * h + j) * w + k
+    return torch.where((i < 0) | (j < 0) | (k < 0), torch.full_like(flat, -1), flat)
+
+
+def _blur(x: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
+    """A separable Gaussian blur of (1, C, D, H, W), reflect-padded, per channel."""
+    out = x
+    channels = x.shape[1]
+    for axis, s in enumerate(sigma):
+        radius = max(1, math.ceil(3 * s))
+        radius = min(radius, x.shape[2 + axis] - 1)
+        if radius < 1:
+            continue
+        taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+        kernel = torch.exp(-0.5 * (taps / s) ** 2)
+        kernel = (kernel / kernel.sum()).reshape(1, 1, -1, 1, 1)
+        kernel = kernel.movedim(2, 2 + axis).expand(channels, 1, *kernel.movedim(2, 2 + axis).shape[2:])
+        pad = [0, 0, 0, 0, 0, 0]
+        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
+        out = F.conv3d(F.pad(out, pad, mode="reflect"), kernel, groups=channels)
+    return out
+
+
+def baseline_input(
+    x: torch.Tensor,
+    kind: str,
+    grid: TokenGrid,
+    *,
+    reference: torch.Tensor | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """What removed voxels become: a blurred copy, the per-channel mean, matched noise, or a reference.
+
+    Args:
+        x: the model input, (1, C, D, H, W).
+        kind: one of :data:`BASELINES`.
+        grid: the token grid (the blur's width is one cell).
+        reference: the ``reference`` baseline, already brought to the model input (same shape as ``x``).
+        seed: the noise baseline's seed.
+    """
+    if kind == "blur":
+        return _blur(x, grid.cell)
+    if kind == "mean":
+        return x.mean(dim=(2, 3, 4), keepdim=True).expand_as(x).clone()
+    if kind == "noise":
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
+        mean = x.mean(dim=(2, 3, 4), keepdim=True)
+        std = x.std(dim=(2, 3, 4), keepdim=True)
+        return mean + noise * std
+    if kind == "reference":
+        if reference is None:
+            raise InputError("the 'reference' baseline needs a reference volume (e.g. a healthy scan): give one")
+        if tuple(reference.shape) != tuple(x.shape):
+            raise InputError(
+                f"the reference has shape {tuple(reference.shape)} but the model input {tuple(x.shape)}: "
+                "prepare it like the volume"
+            )
+        return reference.to(x.device, x.dtype)
+    raise InputError(f"unknown baseline {kind!r}: choose one of {', '.join(BASELINES)}")
+
+
+def _check_inputs(x: torch.Tensor, token_map: object, grid: TokenGrid) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or x.ndim != 5 or x.shape[0] != 1:
+        raise InputError("x must be one model input, a (1, C, D, H, W) tensor")
+    if tuple(x.shape[2:]) != tuple(grid.input_shape):
+        raise InputError(f"x has spatial shape {tuple(x.shape[2:])} but the grid covers {grid.input_shape}")
+    values = torch.as_tensor(np.asarray(token_map) if not isinstance(token_map, torch.Tensor) else token_map)
+    if tuple(values.shape) != tuple(grid.shape):
+        raise InputError(f"the token map has shape {tuple(values.shape)} but the grid is {grid.shape}")
+    values = values.detach().float().reshape(-1)
+    if not bool(torch.isfinite(values).all()):
+        raise InputError("the token map has non-finite values: recompute it")
+    return values
+
+
+class _Prober:
+    """Runs the model on batches of inputs in which chosen cells are replaced, returning the class probability."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        baseline: torch.Tensor,
+        grid: TokenGrid,
+        class_idx: int,
+        batch_size: int,
+    ):
+        self.model = model
+        self.x = x
+        self.baseline = baseline
+        self.cells = cell_index(grid, x.device)
+        self.n = grid.n_tokens
+        self.class_idx = class_idx
+        self.batch_size = max(1, int(batch_size))
+
+    def probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
+        logits = read_logits(self.model(inputs)).float()
+        return logits.softmax(dim=1)[:, self.class_idx]
+
+    def voxel_ranks(self, ranks: torch.Tensor) -> torch.Tensor:
+        """(D, H, W): each voxel's cell's rank; voxels outside the grid rank last (never chosen)."""
+        return torch.where(self.cells >= 0, ranks[self.cells.clamp(min=0)], torch.full_like(self.cells, self.n))
+
+    def _run(self, chosen: torch.Tensor, keep_first: bool) -> torch.Tensor:
+        """Probabilities for a batch of chosen-voxel masks (K, 1, D, H, W)."""
+        if keep_first:  # insertion: the chosen cells show the input, the rest the baseline
+            return self.probabilities(torch.where(chosen, self.x, self.baseline))
+        return self.probabilities(torch.where(chosen, self.baseline, self.x))  # deletion
+
+    def replaced(self, ranks: torch.Tensor, counts: Sequence[int], keep_first: bool) -> torch.Tensor:
+        """Probability after replacing, for each count n, the cells ranked below n (or all others when ``keep_first``)."""
+        voxel_rank = self.voxel_ranks(ranks)
+        out = []
+        for first in range(0, len(counts), self.batch_size):
+            chunk = torch.as_tensor(list(counts[first : first + self.batch_size]), device=self.x.device)
+            out.append(self._run((voxel_rank[None] < chunk[:, None, None, None])[:, None], keep_first))
+        return torch.cat(out)
+
+    def removed_sets(self, rank_sets: Sequence[torch.Tensor], count: int) -> torch.Tensor:
+        """Probability after removing the first ``count`` cells of each order, batched across orders."""
+        out = []
+        for first in range(0, len(rank_sets), self.batch_size):
+            chunk = torch.stack([self.voxel_ranks(r) for r in rank_sets[first : first + self.batch_size]])
+            out.append(self._run((chunk < count)[:, None], keep_first=False))
+        return torch.cat(out)
+
+
+def _ranks(order: torch.Tensor) -> torch.Tensor:
+    ranks = torch.empty_like(order)
+    ranks[order] = torch.arange(order.numel(), device=order.device)
+    return ranks
+
+
+def perturbation_curves(
+    model: nn.Module,
+    x: torch.Tensor,
+    token_map: object,
+    grid: TokenGrid,
+    class_idx: int,
+    *,
+    mode: Mode = "deletion",
+    baseline: str = "blur",
+    reference: torch.Tensor | None = None,
+    steps: int = 16,
+    random_orders: int = 3,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> PerturbationCurves:
+    """The deletion or insertion curve of ``token_map`` and of ``random_orders`` random orders.
+
+    Args:
+        model: the classifier (left as it was: eval mode is restored, no parameter changes).
+        x: the model input (1, C, D, H, W) the map explains, on the model's device.
+        token_map: (d, h, w) the map on the grid's cells (higher: more relevant).
+        grid: the token grid over ``x``.
+        class_idx: the class whose probability is recorded.
+        mode: ``deletion`` or ``insertion``.
+        baseline: one of :data:`BASELINES`.
+        reference: the reference volume for ``baseline="reference"``.
+        steps: the curve has ``steps + 1`` points, from 0 to all cells.
+        random_orders: how many random orders make the band.
+        seed: for the random orders and the noise baseline.
+        batch_size: perturbed inputs per forward pass.
+    """
+    if mode not in MODES:
+        raise InputError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+    if steps < 1 or random_orders < 1:
+        raise InputError("steps and random_orders must be at least 1")
+    values = _check_inputs(x, token_map, grid).to(x.device)
+    n = grid.n_tokens
+    counts = sorted({round(n * i / steps) for i in range(steps + 1)})
+    fractions = np.array(counts, dtype=np.float64) / n
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad(), eval_mode(model):
+        fill = baseline_input(x, baseline, grid, reference=reference, seed=seed)
+        prober = _Prober(model, x, fill, grid, int(class_idx), batch_size)
+        order = torch.argsort(values, descending=True, stable=True)
+        ranked = prober.replaced(_ranks(order), counts, keep_first=mode == "insertion")
+        random = [
+            prober.replaced(_ranks(torch.randperm(n, generator=generator).to(x.device)), counts, mode == "insertion")
+            for _ in range(random_orders)
+        ]
+    return PerturbationCurves(
+        mode=mode,
+        baseline=baseline,
+        class_idx=int(class_idx),
+        fractions=fractions,
+        ranked=ranked.cpu().numpy().astype(np.float64),
+        random=torch.stack(random).cpu().numpy().astype(np.float64),
+    )
+
+
+def compare_baselines(
+    model: nn.Module,
+    x: torch.Tensor,
+    token_map: object,
+    grid: TokenGrid,
+    class_idx: int,
+    *,
+    baselines: Sequence[str] = ("blur", "mean", "noise"),
+    reference: torch.Tensor | None = None,
+    **options: object,
+) -> dict[str, PerturbationCurves]:
+    """:func:`perturbation_curves` once per baseline, to see how much the answer depends on it.
+
+    Args:
+        model, x, token_map, grid, class_idx: as for :func:`perturbation_curves`.
+        baselines: the baselines to compare.
+        reference: the reference volume, where ``"reference"`` is among them.
+        options: passed on (mode, steps, random_orders, seed, batch_size).
+    """
+    return {
+        name: perturbation_curves(model, x, token_map, grid, class_idx, baseline=name, reference=reference, **options)  # type: ignore[arg-type]
+        for name in baselines
+    }
+
+
+def agreement(
+    model: nn.Module,
+    x: torch.Tensor,
+    token_map: object,
+    grid: TokenGrid,
+    class_idx: int,
+    *,
+    share: float = 0.1,
+    baseline: str = "blur",
+    reference: torch.Tensor | None = None,
+    draws: int = 7,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> Agreement:
+    """The class probability's drop when the map's top ``share`` of cells is removed, against random cells.
+
+    ``draws + 2`` inputs in batches of ``batch_size``: cheap enough to run after every explanation.
+
+    Args:
+        model, x, token_map, grid, class_idx: as for :func:`perturbation_curves`.
+        share: the share of the grid's cells removed (at least one).
+        baseline: what replaces them.
+        reference: the reference volume for ``baseline="reference"``.
+        draws: how many random sets of cells to compare with.
+        seed: for the random sets.
+        batch_size: inputs per forward pass.
+    """
+    values = _check_inputs(x, token_map, grid).to(x.device)
+    n = grid.n_tokens
+    cells = max(1, min(n, round(n * share)))
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad(), eval_mode(model):
+        fill = baseline_input(x, baseline, grid, reference=reference, seed=seed)
+        prober = _Prober(model, x, fill, grid, int(class_idx), batch_size)
+        orders = [torch.argsort(values, descending=True, stable=True)]
+        orders += [torch.randperm(n, generator=generator).to(x.device) for _ in range(draws)]
+        full = float(prober.probabilities(x)[0])
+        after = prober.removed_sets([_ranks(order) for order in orders], cells)
+    drops = full - after.cpu().numpy().astype(np.float64)
+    return Agreement(
+        class_idx=int(class_idx),
+        cells=cells,
+        baseline=baseline,
+        probability=full,
+        drop=float(drops[0]),
+        random_drops=drops[1:],
+    )
