@@ -177,11 +177,6 @@ class HeatmapLayers:
             return None
         return layer
 
-    def layers(self, layers) -> list[Image]:
-        """Our layers that are still as we made them."""
-        found = [self.owned(layers, key) for key in list(self._made)]
-        return [layer for layer in found if layer is not None]
-
     def show(
         self,
         layers,
