@@ -70,5 +70,5 @@ def test_empty_and_corrupt_npz_are_refused(tmp_path):
 
 def test_a_key_for_a_single_array_file_is_refused(tmp_path):
     np.save(tmp_path / "scan.npy", np.zeros((2, 2, 2)))
-    with pytest.raises(VolumeFileError, match="--key applies to .npz files only"):
+    with pytest.raises(VolumeFileError, match=r"--key applies to \.npz files only"):
         read_volume(tmp_path / "scan.npy", key="scan")

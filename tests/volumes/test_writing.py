@@ -21,16 +21,16 @@ def test_the_input_itself_is_refused_also_through_a_link_or_another_spelling(tmp
     os.link(scan, tmp_path / "hard.npy")
     for output in (scan, tmp_path / "link.npy", tmp_path / "hard.npy", tmp_path / "sub" / ".." / "scan.npy"):
         (tmp_path / "sub").mkdir(exist_ok=True)
-        with pytest.raises(VolumeFileError, match="is the input scan.npy: choose another output file"):
+        with pytest.raises(VolumeFileError, match=r"is the input scan\.npy: choose another output file"):
             check_output(output, inputs=[scan], force=True)
 
 
 def test_a_file_of_an_input_series_folder_is_refused(tmp_path):
     (tmp_path / "series").mkdir()
     (tmp_path / "series" / "IM1.nii").write_bytes(b"x")
-    with pytest.raises(VolumeFileError, match="is the input IM1.nii"):
+    with pytest.raises(VolumeFileError, match=r"is the input IM1\.nii"):
         check_output(tmp_path / "series" / "IM1.nii", inputs=[tmp_path / "series"], force=True)
-    with pytest.raises(VolumeFileError, match="unknown|end the file name"):
+    with pytest.raises(VolumeFileError, match=r"cannot write a heatmap as series"):
         check_output(tmp_path / "series", inputs=[tmp_path / "series"], force=True)
 
 
@@ -45,7 +45,7 @@ def test_existing_outputs_need_force_and_folders_never_do(tmp_path, scan):
 
 
 def test_a_missing_folder_and_an_unknown_suffix_are_refused(tmp_path):
-    with pytest.raises(VolumeFileError, match="the folder .*nowhere does not exist"):
+    with pytest.raises(VolumeFileError, match=r"the folder .*nowhere does not exist"):
         check_output(tmp_path / "nowhere" / "heat.npy")
     with pytest.raises(VolumeFileError, match=r"cannot write a heatmap as heat\.out"):
         check_output(tmp_path / "heat.out")
