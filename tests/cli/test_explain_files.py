@@ -94,10 +94,8 @@ def test_the_default_output_is_refused_when_it_exists(tmp_path, checkpoint, scan
     refused(capsys, [checkpoint, scan], "scan.heatmap.npy exists")
 
 
-def test_exactly_the_named_file_is_written_and_reported(tmp_path, checkpoint, scan, capsys):
-    refused(
-        capsys, [broken_checkpoint_path(tmp_path), scan, "-o", tmp_path / "x.out"], "cannot write a heatmap as x.out"
-    )
+def test_exactly_the_named_file_is_written_and_reported(tmp_path, checkpoint, broken_checkpoint, scan, capsys):
+    refused(capsys, [broken_checkpoint, scan, "-o", tmp_path / "x.out"], "cannot write a heatmap as x.out")
     out = tmp_path / "data" / "heat.nii.gz"
     before = set(os.listdir(tmp_path / "data"))
     assert main(["explain", str(checkpoint), str(scan), "-o", str(out)]) == 0
