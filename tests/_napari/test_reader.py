@@ -83,7 +83,7 @@ def test_an_axial_ct_series_opens_radiologically_in_mm_with_a_soft_tissue_window
     stored = np.random.default_rng(2).integers(0, 3000, size=(6, 16, 20)).astype(np.int16)
     geometry = SeriesGeometry(pixel_spacing=(0.7, 0.9), slice_spacing=2.5)
     paths = write_ct_series(tmp_path / "ct", stored, geometry, slope=1.0, intercept=-1024.0)
-    viewer, layer = open_layer(tmp_path / "ct")
+    _, layer = open_layer(tmp_path / "ct")
     assert tuple(layer.contrast_limits) == (-160.0, 240.0)
     assert layer.data.shape == (6, 16, 20)  # slices on the slider, rows down, columns across
     for path in paths:
