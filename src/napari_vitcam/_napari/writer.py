@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 from napari.utils.transforms import CompositeAffine
 
-from napari_vitcam.volumes.base import VolumeFileError
+from napari_vitcam.core.errors import VitcamError
+from napari_vitcam.volumes.base import LayerWriteError
 from napari_vitcam.volumes.geometry import nifti_geometry
 from napari_vitcam.volumes.writing import write_heatmap
 
@@ -39,9 +40,16 @@ def write_nifti(path: str, data: Any, attributes: dict) -> list[str]:
     """npe2 writer hook: one 3D image layer to ``path`` (``.nii`` or ``.nii.gz``)."""
     array = np.asarray(data)
     if array.ndim != 3:
-        raise VolumeFileError(f"only 3D layers can be saved as NIfTI, this one has shape {array.shape}")
+        raise LayerWriteError(f"only 3D layers can be saved as NIfTI, this one has shape {array.shape}")
     order, affine = nifti_geometry(data_to_world(attributes, 3))
     provenance = dict(attributes.get("metadata") or {})
     provenance.setdefault("layer_name", attributes.get("name", ""))
-    written = write_heatmap(Path(path), np.transpose(array, order), affine=affine, provenance=provenance, force=True)
+    try:
+        written = write_heatmap(
+            Path(path), np.transpose(array, order), affine=affine, provenance=provenance, force=True
+        )
+    except VitcamError as error:  # e.g. the folder is gone: say so (napari reads a ValueError as "no writer fits")
+        if isinstance(error, LayerWriteError):
+            raise
+        raise LayerWriteError(str(error)) from None
     return [str(written)]

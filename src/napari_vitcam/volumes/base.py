@@ -24,6 +24,11 @@ class VolumeFileError(VitcamError, ValueError):
     """A volume file cannot be read, or a heatmap file cannot be written where asked."""
 
 
+class LayerWriteError(VitcamError, OSError):
+    """A layer cannot be saved in the format asked (an OSError, so that napari shows it instead of
+    reading a ValueError as "no writer fits")."""
+
+
 @dataclass(frozen=True)
 class Volume:
     """A volume read from a file.

@@ -97,6 +97,8 @@ def write_heatmap(
     """
     path = Path(path)
     writer = writer_for(path)
+    if not path.parent.is_dir():
+        raise VolumeFileError(f"the folder {path.parent} does not exist: create it or choose another output")
     suffix = path_suffix(path, writer.suffixes) or path.suffix
     handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
     os.close(handle)
