@@ -19,6 +19,7 @@ import napari_vitcam as nv
 from napari_vitcam.cli.main import main
 from napari_vitcam.models.spec import InputSpec, ModelSpec, Normalization
 from napari_vitcam.testing.scans import SeriesGeometry, oblique_affine, write_ct_series, write_nifti
+from napari_vitcam.volumes.geometry import permuted, world_view
 from napari_vitcam.volumes.nifti import read_provenance
 
 
@@ -158,13 +159,32 @@ def test_nifti_in_nifti_out_keeps_the_affine_and_records_what_made_the_map(tmp_p
     assert summary["heatmap"] == str(out) and summary["volume"]["format"] == "nifti"
     written = nib.load(out)
     np.testing.assert_allclose(written.affine, nib.load(source).affine, atol=1e-6)
-    expected = nv.explain_volume(nv.load_checkpoint(checkpoint), volume, class_idx="busy")
-    np.testing.assert_allclose(written.get_fdata(dtype=np.float32), expected.heatmap, atol=1e-6)
+    # the model saw the axes in world order, as napari shows the scan; the map is back in the file's order
+    view = world_view(volume, nib.load(source).affine)
+    assert view.order != (0, 1, 2)
+    expected = nv.explain_volume(nv.load_checkpoint(checkpoint), view.array, class_idx="busy")
+    np.testing.assert_allclose(written.get_fdata(dtype=np.float32), view.to_file(expected.heatmap), atol=1e-6)
+    assert summary["model_input_axes"].startswith("world order")
     provenance = read_provenance(out)
     assert provenance["class_name"] == "busy" and provenance["method"] == "gradcam"
     assert provenance["checkpoint_sha256"] == {
         str(checkpoint.resolve()): nv.load_checkpoint(checkpoint).sha256[str(checkpoint.resolve())]
     }
+
+
+def test_one_scan_stored_in_two_axis_orders_gives_one_heatmap_in_world_space(tmp_path, checkpoint, capsys):
+    affine = oblique_affine((2.0, 0.8, 1.2), 10.0, flip=2, origin=(5.0, -3.0, 7.0))
+    volume = np.random.default_rng(4).normal(size=(14, 26, 20)).astype(np.float32)
+    order = (2, 0, 1)
+    write_nifti(tmp_path / "a.nii", volume, affine)
+    write_nifti(tmp_path / "b.nii", np.transpose(volume, order), permuted(affine, order))
+    for name in ("a", "b"):
+        assert main(["explain", str(checkpoint), str(tmp_path / f"{name}.nii"), "--class", "busy"]) == 0
+    capsys.readouterr()
+    a, b = nib.load(tmp_path / "a.heatmap.nii.gz"), nib.load(tmp_path / "b.heatmap.nii.gz")
+    np.testing.assert_allclose(b.affine, permuted(a.affine, order), atol=1e-6)
+    np.testing.assert_allclose(np.transpose(a.get_fdata(), order), b.get_fdata(), atol=1e-6)
+    assert a.get_fdata().max() == pytest.approx(1.0)
 
 
 def test_a_dicom_series_gives_a_nifti_heatmap_beside_the_folder(tmp_path, checkpoint, capsys):

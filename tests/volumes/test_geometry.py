@@ -62,3 +62,15 @@ def test_writing_a_layer_back_as_nifti_restores_a_ras_ordered_files_affine(flip)
     np.testing.assert_allclose(written, affine, atol=1e-12)
     array = np.arange(24).reshape(2, 3, 4)
     np.testing.assert_array_equal(np.transpose(np.transpose(array, geometry.order), order), array)
+
+
+def test_the_world_view_is_a_read_only_view_and_maps_back_to_the_file_order():
+    from napari_vitcam.volumes.geometry import world_view
+
+    affine = permuted(oblique_affine((2.0, 0.8, 1.2), 10.0, flip=0), (1, 2, 0))
+    array = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5)
+    array.flags.writeable = False
+    view = world_view(array, affine)
+    assert view.order != (0, 1, 2) and np.shares_memory(view.array, array) and not view.array.flags.writeable
+    np.testing.assert_array_equal(view.to_file(view.array), array)
+    assert world_view(array, None).array is array and world_view(array, None).affine is None

@@ -20,7 +20,7 @@ import numpy as np
 
 from napari_vitcam.volumes.base import Volume, VolumeReader
 from napari_vitcam.volumes.dicom import DicomReader
-from napari_vitcam.volumes.geometry import WORLD_AXES, layer_geometry
+from napari_vitcam.volumes.geometry import WORLD_AXES, world_view
 from napari_vitcam.volumes.nifti import NiftiReader
 
 #: The formats napari gets from this plugin (napari reads .npy itself).
@@ -69,12 +69,10 @@ def layer_data(volume: Volume) -> tuple[np.ndarray, dict[str, Any], str]:
         }
     }
     kwargs: dict[str, Any] = {"name": name, "metadata": metadata}
-    data = volume.array
-    if volume.affine is not None and volume.array.ndim == 3:
-        geometry = layer_geometry(volume.affine)
-        data = np.transpose(volume.array, geometry.order)
-        metadata[METADATA_KEY]["layer_axes_from_file"] = list(geometry.order)
-        kwargs.update(affine=geometry.affine, units=("mm",) * 3, axis_labels=WORLD_AXES)
+    view = world_view(volume.array, volume.affine)
+    if view.affine is not None and volume.array.ndim == 3:
+        metadata[METADATA_KEY]["layer_axes_from_file"] = list(view.order)
+        kwargs.update(affine=view.affine, units=("mm",) * 3, axis_labels=WORLD_AXES)
     if volume.modality == "CT":
         kwargs["contrast_limits"] = soft_tissue_limits()
-    return data, kwargs, "image"
+    return view.array, kwargs, "image"

@@ -6,6 +6,11 @@ output's format, folder and name are checked (never an input, never an
 existing file without ``--force``). The heatmap is written atomically to
 exactly the file named, with the volume's geometry where the format keeps it
 (NIfTI), and the JSON summary names that file.
+
+A volume with geometry (NIfTI, DICOM) is given to the model with its axes in
+world order, exactly as the napari reader shows it, so the command line and
+the widget explain the same array; the heatmap is written back in the file's
+own axis order, with the file's affine.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 from napari_vitcam.core.errors import VitcamError
 from napari_vitcam.core.vocabulary import UPSAMPLE_MODES, one_line
 from napari_vitcam.volumes.base import Volume, json_ready, path_suffix
+from napari_vitcam.volumes.geometry import world_view
 from napari_vitcam.volumes.registry import read_volume, reader_for, writer_suffixes
 from napari_vitcam.volumes.writing import check_output, write_heatmap
 
@@ -99,9 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from napari_vitcam.pipeline.explain import explain_volume
 
         loaded = load_checkpoint(args.checkpoint, trust=args.trust)
+        view = world_view(volume.array, volume.affine)  # the same array napari shows and explains
         result = explain_volume(
             loaded,
-            volume.array,
+            view.array,
             target_layer=args.target,
             class_idx=class_idx,
             method=args.method,
@@ -110,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         written = write_heatmap(
             output,
-            result.heatmap,
+            view.to_file(result.heatmap),
             affine=volume.affine,
             provenance=provenance_of(result, loaded, volume),
             force=args.force,
@@ -129,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "raw_max": result.raw_max,
             "probabilities": dict(result.ranked_probabilities),
             "device": result.device,
+            "model_input_axes": "file order" if view.affine is None else "world order (S, P, L), as napari shows it",
         }
     )
     print(json.dumps(summary, indent=2, allow_nan=False))

@@ -76,3 +76,33 @@ def nifti_geometry(world_affine: np.ndarray) -> tuple[tuple[int, int, int], np.n
     ras = WORLD_TO_RAS @ np.asarray(world_affine, dtype=float)
     order = closest_axes(ras[:3, :3])
     return order, permuted(ras, order)
+
+
+@dataclass(frozen=True)
+class WorldView:
+    """A volume's array with its axes in world order: what napari shows and what the model is given.
+
+    ``array`` is ``np.transpose(volume.array, order)`` (a read-only view);
+    :meth:`to_file` puts an array of this layout (a heatmap) back in the
+    file's axis order.
+    """
+
+    array: np.ndarray
+    order: tuple[int, int, int]
+    affine: np.ndarray | None
+    """4x4 from ``array`` indices to the napari world (S, P, L) in mm, or None without geometry."""
+
+    def to_file(self, array: np.ndarray) -> np.ndarray:
+        """``array`` (laid out like :attr:`array`) in the file's axis order."""
+        return np.transpose(array, np.argsort(self.order))
+
+
+def world_view(array: np.ndarray, affine_ras: np.ndarray | None) -> WorldView:
+    """``array`` (the file's axis order, voxel-to-RAS ``affine_ras``) with its axes in world order.
+
+    Without geometry, or for a volume with channels, the array stays as it is.
+    """
+    if affine_ras is None or array.ndim != 3:
+        return WorldView(array, (0, 1, 2), None if affine_ras is None else RAS_TO_WORLD @ affine_ras)
+    geometry = layer_geometry(affine_ras)
+    return WorldView(np.transpose(array, geometry.order), geometry.order, geometry.affine)
