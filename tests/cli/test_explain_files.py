@@ -230,3 +230,23 @@ def test_refusals_from_the_shell_are_one_line_and_exit_1(tmp_path, checkpoint, s
     result = subprocess.run([*command[:-1], str(out)], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr
     assert strict_json(result.stdout)["heatmap"] == str(out) and out.is_file()
+
+
+def test_a_dicom_series_can_be_answered_with_a_parametric_map(tmp_path, checkpoint, broken_checkpoint, scan, capsys):
+    import highdicom as hd
+    import pydicom
+
+    refused(capsys, [broken_checkpoint, scan, "-o", tmp_path / "heat.dcm"], "written only for a DICOM series")
+    stored = np.random.default_rng(6).integers(0, 2000, size=(9, 20, 22)).astype(np.int16)
+    paths = write_ct_series(tmp_path / "series", stored, SeriesGeometry(), slope=1.0, intercept=-1024.0)
+    out = tmp_path / "heat.dcm"
+    assert main(["explain", str(checkpoint), str(tmp_path / "series"), "-o", str(out), "--class", "busy"]) == 0
+    summary = strict_json(capsys.readouterr().out)
+    assert summary["heatmap"] == str(out) and summary["format"] == "dicom-pm"
+    image = hd.imread(out)
+    assert image.FrameOfReferenceUID == pydicom.dcmread(paths[0]).FrameOfReferenceUID
+    back = image.get_volume(dtype=np.float32)
+    np.testing.assert_allclose(
+        back.affine, summary["volume"]["affine_ras"] * np.array([[-1], [-1], [1], [1]]), atol=1e-5
+    )
+    assert back.array.shape == (9, 20, 22) and back.array.max() == pytest.approx(1.0)

@@ -152,3 +152,37 @@ def test_a_folder_without_dicom_is_not_taken_for_a_series(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(VolumeFileError, match="cannot read"):
         read_volume(tmp_path)
+
+
+def test_a_parametric_map_reads_back_with_highdicom_on_the_sources_frame_of_reference(tmp_path, stored):
+    import highdicom as hd
+
+    from napari_vitcam.volumes import write_heatmap
+
+    paths = write_ct_series(tmp_path / "ct", stored, OBLIQUE, slope=2.0, intercept=-1000.0)
+    volume = read_volume(tmp_path / "ct")
+    heatmap = np.random.default_rng(5).random(volume.array.shape).astype(np.float32)
+    provenance = {"method": "gradcam", "class_name": "lesion"}
+    out = write_heatmap(tmp_path / "heat.dcm", heatmap, affine=volume.affine, provenance=provenance, source=volume)
+    source = pydicom.dcmread(paths[0])
+    image = hd.imread(out)
+    assert image.FrameOfReferenceUID == source.FrameOfReferenceUID
+    assert image.StudyInstanceUID == source.StudyInstanceUID and image.SeriesInstanceUID != source.SeriesInstanceUID
+    assert image.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert "FloatPixelData" in image and image.ContentDescription == "gradcam lesion"
+    mapping = image.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    assert mapping.QuantityDefinitionSequence[0].ConceptCodeSequence[0].CodeMeaning == "Class activation map"
+    back = image.get_volume(dtype=np.float32)
+    np.testing.assert_allclose(back.affine, volume.metadata["affine_lps"], atol=1e-5)
+    np.testing.assert_allclose(back.array, heatmap)
+    reread = read_volume(out)  # and this package's reader places it on the scan
+    np.testing.assert_allclose(reread.affine, volume.affine, atol=1e-5)
+    np.testing.assert_allclose(reread.array, heatmap)
+
+
+def test_a_parametric_map_needs_a_dicom_source(tmp_path):
+    from napari_vitcam.volumes import check_output
+
+    np.save(tmp_path / "scan.npy", np.zeros((2, 3, 4), np.float32))
+    with pytest.raises(VolumeFileError, match=r"written only for a DICOM series: save the heatmap as \.nii\.gz"):
+        check_output(tmp_path / "heat.dcm", source=read_volume(tmp_path / "scan.npy"))

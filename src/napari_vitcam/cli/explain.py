@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         volume = read_volume(args.volume, key=args.key)
         output = args.output if args.output is not None else default_output(args.volume, volume)
-        writer = check_output(output, inputs=(args.volume, args.checkpoint), force=args.force)
+        writer = check_output(output, inputs=(args.volume, args.checkpoint), force=args.force, source=volume)
 
         from napari_vitcam.models.checkpoint import load_checkpoint
         from napari_vitcam.pipeline.explain import explain_volume
@@ -121,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             affine=volume.affine,
             provenance=provenance_of(result, loaded, volume),
             force=args.force,
+            source=volume,
         )
     except (VitcamError, OSError) as error:
         print(f"{PROG}: {one_line(error, limit=400)}", file=sys.stderr)

@@ -133,12 +133,22 @@ class HeatmapWriter(ABC):
     label: ClassVar[str]
     suffixes: ClassVar[tuple[str, ...]] = ()
 
-    def check(self) -> None:  # noqa: B027  (optional hook)
-        """Raise :class:`~napari_vitcam.core.errors.MissingExtraError` now if writing would need a missing package."""
+    def check(self, source: Volume | None = None) -> None:  # noqa: B027  (optional hook)
+        """Raise now what writing would raise later for want of a package or of a suitable ``source``.
+
+        Args:
+            source: the volume the heatmap will be of (a DICOM writer needs its series).
+        """
 
     @abstractmethod
     def write_to(
-        self, path: Path, heatmap: np.ndarray, *, affine: np.ndarray | None, provenance: Mapping[str, Any]
+        self,
+        path: Path,
+        heatmap: np.ndarray,
+        *,
+        affine: np.ndarray | None,
+        provenance: Mapping[str, Any],
+        source: Volume | None = None,
     ) -> None:
         """Write ``heatmap`` to ``path`` (a fresh temporary file; :func:`.writing.write_heatmap` renames it).
 
@@ -147,6 +157,7 @@ class HeatmapWriter(ABC):
             heatmap: the map, (D, H, W) in the source's axis order.
             affine: the source's voxel-to-RAS affine in mm, or None when the source had no geometry.
             provenance: method, target layer, class, checkpoint digests... (JSON-ready) to store with the map.
+            source: the volume the map is of, for formats that reference it (DICOM).
         """
 
 

@@ -13,14 +13,15 @@ DICOM's LPS patient coordinates to RAS+ (x and y change sign).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_vitcam.core.vocabulary import error_detail
-from napari_vitcam.volumes.base import Volume, VolumeFileError, VolumeReader
+from napari_vitcam.volumes.base import HeatmapWriter, Volume, VolumeFileError, VolumeReader
 from napari_vitcam.volumes.extras import require
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -102,7 +103,7 @@ class DicomReader(VolumeReader):
             if len(members) == 1 and int(members[0][1].get("NumberOfFrames", 1) or 1) > 1:
                 return self._multiframe(*members[0])
             paths = [p for p, _ in members]
-        return self._series(folder, paths)
+        return self._series(folder, sorted(paths))
 
     def _series(self, folder: Path, paths: list[Path]) -> Volume:
         pydicom, highdicom = _pydicom(), _highdicom()
@@ -124,7 +125,7 @@ class DicomReader(VolumeReader):
                 f"the DICOM series in {folder.name} is refused by highdicom ({error_detail(error)}): "
                 "check that it is one regularly spaced stack of slices"
             ) from None
-        return self._volume(volume, datasets[0], folder, {"files": len(datasets)})
+        return self._volume(volume, datasets[0], folder, {"files": len(datasets), "paths": [str(p) for p in paths]})
 
     def _multiframe(self, path: Path, header: Any) -> Volume:
         highdicom = _highdicom()
@@ -135,7 +136,8 @@ class DicomReader(VolumeReader):
                 f"the multi-frame DICOM {path.name} is refused by highdicom ({error_detail(error)}): "
                 "its frames must form one regularly spaced stack"
             ) from None
-        return self._volume(volume, header, path, {"files": 1, "frames": int(header.NumberOfFrames)})
+        extra = {"files": 1, "frames": int(header.NumberOfFrames), "paths": [str(path)]}
+        return self._volume(volume, header, path, extra)
 
     def _volume(self, volume: Any, header: Any, source: Path, extra: dict[str, Any]) -> Volume:
         if str(volume.coordinate_system).upper().endswith("SLIDE"):
@@ -235,3 +237,87 @@ def diagnose_series(datasets: list[Any]) -> str | None:
             "variable spacing): export a regularly spaced series or resample it"
         )
     return None
+
+
+#: A private code (DICOM's "99" prefix) for what the map's values are: the explainer's class activation.
+CLASS_ACTIVATION = ("CAM", "99VITCAM", "Class activation map")
+
+
+def _version() -> str:
+    try:
+        return package_metadata.version("napari-vitcam")
+    except package_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class ParametricMapWriter(HeatmapWriter):
+    """A DICOM Parametric Map (highdicom) of a DICOM series: float pixels on the source's frame of reference.
+
+    The map references the source series (same study, frame of reference and
+    geometry), so a PACS stores it beside the study and a viewer overlays it.
+    Its values (0..1) are coded as a class activation (a private code, no
+    unit); the content description names the method and class.
+    """
+
+    name = "dicom-pm"
+    label = "DICOM Parametric Map (.dcm)"
+    suffixes = (".dcm",)
+
+    def check(self, source: Volume | None = None) -> None:
+        _pydicom()
+        _highdicom()
+        if source is None or source.format != "dicom" or "paths" not in source.metadata:
+            raise VolumeFileError(
+                "a DICOM Parametric Map (.dcm) is written only for a DICOM series: save the heatmap as .nii.gz"
+            )
+
+    def write_to(
+        self,
+        path: Path,
+        heatmap: np.ndarray,
+        *,
+        affine: np.ndarray | None,
+        provenance: Mapping[str, Any],
+        source: Volume | None = None,
+    ) -> None:
+        self.check(source)
+        assert source is not None
+        pydicom, highdicom = _pydicom(), _highdicom()
+        from pydicom.sr.coding import Code
+
+        datasets = [pydicom.dcmread(p) for p in source.metadata["paths"]]
+        first = datasets[0]
+        geometry = highdicom.Volume(
+            np.ascontiguousarray(heatmap, dtype=np.float32),
+            np.asarray(source.metadata["affine_lps"], dtype=float),
+            coordinate_system="PATIENT",
+            frame_of_reference_uid=str(first.FrameOfReferenceUID),
+        )
+        described = f"{provenance.get('method', 'heatmap')} {provenance.get('class_name', '')}".strip()
+        mapping = highdicom.pm.RealWorldValueMapping(
+            lut_label="vitcam",
+            lut_explanation=described[:64],
+            unit=Code("1", "UCUM", "no units"),
+            value_range=(0.0, 1.0),
+            slope=1.0,
+            intercept=0.0,
+            quantity_definition=Code(*CLASS_ACTIVATION),
+        )
+        parametric_map = highdicom.pm.ParametricMap(
+            source_images=datasets,
+            pixel_array=geometry,
+            series_instance_uid=highdicom.UID(),
+            series_number=int(first.get("SeriesNumber", 0) or 0) + 1000,
+            sop_instance_uid=highdicom.UID(),
+            instance_number=1,
+            manufacturer="napari-vitcam",
+            manufacturer_model_name="napari-vitcam",
+            software_versions=_version(),
+            device_serial_number="none",
+            contains_recognizable_visual_features=False,
+            real_world_value_mappings=[mapping],
+            voi_lut_transformations=[highdicom.VOILUTTransformation(window_center=0.5, window_width=1.0)],
+            content_label="HEATMAP",
+            content_description=described[:64],
+        )
+        parametric_map.save_as(path)

@@ -106,11 +106,17 @@ class NiftiWriter(HeatmapWriter):
     label = "NIfTI (.nii, .nii.gz)"
     suffixes = (".nii", ".nii.gz")
 
-    def check(self) -> None:
+    def check(self, source: Volume | None = None) -> None:
         _nibabel()
 
     def write_to(
-        self, path: Path, heatmap: np.ndarray, *, affine: np.ndarray | None, provenance: Mapping[str, Any]
+        self,
+        path: Path,
+        heatmap: np.ndarray,
+        *,
+        affine: np.ndarray | None,
+        provenance: Mapping[str, Any],
+        source: Volume | None = None,
     ) -> None:
         nib = _nibabel()
         matrix = np.eye(4) if affine is None else np.asarray(affine, dtype=float)

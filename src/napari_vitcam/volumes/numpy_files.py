@@ -95,7 +95,13 @@ class NpyWriter(HeatmapWriter):
     suffixes = (".npy",)
 
     def write_to(
-        self, path: Path, heatmap: np.ndarray, *, affine: np.ndarray | None, provenance: Mapping[str, Any]
+        self,
+        path: Path,
+        heatmap: np.ndarray,
+        *,
+        affine: np.ndarray | None,
+        provenance: Mapping[str, Any],
+        source: Volume | None = None,
     ) -> None:
         with open(path, "wb") as file:  # a file object: np.save adds no suffix
             np.save(file, np.asarray(heatmap, dtype=np.float32), allow_pickle=False)

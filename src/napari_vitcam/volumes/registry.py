@@ -11,14 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from napari_vitcam.volumes.base import HeatmapWriter, Volume, VolumeFileError, VolumeReader, path_suffix
-from napari_vitcam.volumes.dicom import DicomReader
+from napari_vitcam.volumes.dicom import DicomReader, ParametricMapWriter
 from napari_vitcam.volumes.nifti import NiftiReader, NiftiWriter
 from napari_vitcam.volumes.numpy_files import NpyReader, NpyWriter, NpzReader
 
 READERS: tuple[VolumeReader, ...] = (NpyReader(), NpzReader(), NiftiReader(), DicomReader())
 """Every volume reader, tried in this order."""
 
-WRITERS: tuple[HeatmapWriter, ...] = (NpyWriter(), NiftiWriter())
+WRITERS: tuple[HeatmapWriter, ...] = (NpyWriter(), NiftiWriter(), ParametricMapWriter())
 """Every heatmap writer; the output file's suffix chooses one."""
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_vitcam.volumes.base import HeatmapWriter, VolumeFileError, path_suffix
+from napari_vitcam.volumes.base import HeatmapWriter, Volume, VolumeFileError, path_suffix
 from napari_vitcam.volumes.registry import writer_for
 
 
@@ -42,20 +42,23 @@ def input_files(source: Path) -> list[Path]:
     return [source]
 
 
-def check_output(path: Path, *, inputs: Iterable[Path] = (), force: bool = False) -> HeatmapWriter:
+def check_output(
+    path: Path, *, inputs: Iterable[Path] = (), force: bool = False, source: Volume | None = None
+) -> HeatmapWriter:
     """The writer for ``path``, after checking that writing there is possible and loses nothing.
 
     Args:
         path: the heatmap file to write.
         inputs: files and folders that must never be written over (the volume, a checkpoint...).
         force: allow replacing an existing file (never an input, never a folder).
+        source: the volume the heatmap will be of (a DICOM Parametric Map needs a DICOM series).
 
     Raises:
         VolumeFileError: one line: unknown suffix, missing folder, output is an input or exists, ...
     """
     path = Path(path)
     writer = writer_for(path)
-    writer.check()
+    writer.check(source)
     for item in inputs:
         item = Path(item)
         if item.is_dir() and _same_file(path, item):
@@ -81,6 +84,7 @@ def write_heatmap(
     affine: np.ndarray | None,
     provenance: Mapping[str, Any],
     force: bool = False,
+    source: Volume | None = None,
 ) -> Path:
     """Write ``heatmap`` to exactly ``path`` (the suffix chooses the format), atomically.
 
@@ -91,6 +95,7 @@ def write_heatmap(
         provenance: what made the map (JSON-ready), for formats that store it.
         force: replace an existing file; without it an existing file is never replaced,
             even one that appeared while the map was computed.
+        source: the volume the map is of (needed by formats that reference it: DICOM).
 
     Returns:
         ``path``.
@@ -104,7 +109,7 @@ def write_heatmap(
     os.close(handle)
     temporary = Path(name)
     try:
-        writer.write_to(temporary, heatmap, affine=affine, provenance=provenance)
+        writer.write_to(temporary, heatmap, affine=affine, provenance=provenance, source=source)
         os.chmod(temporary, 0o666 & ~_umask())  # as a plain open() would have made it, not mkstemp's 0o600
         if force:
             os.replace(temporary, path)
