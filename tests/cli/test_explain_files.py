@@ -250,3 +250,29 @@ def test_a_dicom_series_can_be_answered_with_a_parametric_map(tmp_path, checkpoi
         back.affine, summary["volume"]["affine_ras"] * np.array([[-1], [-1], [1], [1]]), atol=1e-5
     )
     assert back.array.shape == (9, 20, 22) and back.array.max() == pytest.approx(1.0)
+
+
+def test_a_declared_orientation_reorients_the_scan_and_maps_back_to_the_file(
+    tmp_path, checkpoint, broken_checkpoint, capsys
+):
+    from napari_vitcam.pipeline.frame import ModelFrame
+
+    refused(capsys, [broken_checkpoint, tmp_path / "x.npy", "--orientation", "RAR"], "x.npy does not exist")
+    np.save(tmp_path / "x.npy", np.zeros((16, 16, 16), np.float32))
+    refused(capsys, [broken_checkpoint, tmp_path / "x.npy", "--orientation", "RAR"], "'RAR' is not three axis codes")
+    affine = oblique_affine((2.0, 0.8, 1.1), 8.0, flip=0)
+    volume = np.random.default_rng(7).normal(size=(12, 20, 16)).astype(np.float32)
+    order = (1, 2, 0)
+    write_nifti(tmp_path / "a.nii", volume, affine)
+    write_nifti(tmp_path / "b.nii", np.transpose(volume, order), permuted(affine, order))
+    for name in ("a", "b"):
+        argv = ["explain", str(checkpoint), str(tmp_path / f"{name}.nii"), "--orientation", "RAS", "--class", "busy"]
+        assert main(argv) == 0
+        assert strict_json(capsys.readouterr().out)["model_input_axes"] == "reoriented to RAS"
+    a, b = nib.load(tmp_path / "a.heatmap.nii.gz"), nib.load(tmp_path / "b.heatmap.nii.gz")
+    np.testing.assert_allclose(a.affine, affine, atol=1e-6)
+    np.testing.assert_allclose(np.transpose(a.get_fdata(), order), b.get_fdata(), atol=1e-6)
+    expected = nv.explain_volume(
+        nv.load_checkpoint(checkpoint), volume, class_idx="busy", affine=affine, frame=ModelFrame("RAS")
+    )
+    np.testing.assert_allclose(a.get_fdata(), expected.heatmap, atol=1e-6)

@@ -24,6 +24,7 @@ from typing import Any
 
 from napari_vitcam.core.errors import VitcamError
 from napari_vitcam.core.vocabulary import UPSAMPLE_MODES, one_line
+from napari_vitcam.pipeline.frame import ModelFrame
 from napari_vitcam.volumes.base import Volume, json_ready, path_suffix
 from napari_vitcam.volumes.geometry import world_view
 from napari_vitcam.volumes.registry import read_volume, reader_for, writer_suffixes
@@ -65,6 +66,14 @@ def provenance_of(result: Any, loaded: Any, volume: Volume) -> dict[str, Any]:
     )
 
 
+def _model_axes(volume: Volume, frame: ModelFrame | None) -> str:
+    if volume.affine is None:
+        return "file order (no geometry)"
+    if frame is not None:
+        return f"reoriented to {frame.orientation}"
+    return "world order (S, P, L), as napari shows it"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -90,6 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--method", default="gradcam")
     parser.add_argument("--upsample", default="smooth", choices=UPSAMPLE_MODES)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--orientation",
+        default=None,
+        metavar="CODES",
+        help="the orientation the model was trained on, e.g. RAS: a NIfTI/DICOM scan is reoriented to it "
+        "(default: the axes in world order S, P, L, as napari shows them)",
+    )
     parser.add_argument("--trust", action="store_true", help="allow full unpickling (only for files you trust)")
     args = parser.parse_args(argv)
 
@@ -99,13 +115,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         volume = read_volume(args.volume, key=args.key)
         output = args.output if args.output is not None else default_output(args.volume, volume)
+        frame = ModelFrame(args.orientation) if args.orientation else None  # checked before anything is loaded
         writer = check_output(output, inputs=(args.volume, args.checkpoint), force=args.force, source=volume)
 
         from napari_vitcam.models.checkpoint import load_checkpoint
         from napari_vitcam.pipeline.explain import explain_volume
 
         loaded = load_checkpoint(args.checkpoint, trust=args.trust)
-        view = world_view(volume.array, volume.affine)  # the same array napari shows and explains
+        # without a declared frame, the same array napari shows and explains; with one, the frame decides
+        view = world_view(volume.array, volume.affine if frame is None else None)
         result = explain_volume(
             loaded,
             view.array,
@@ -114,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             method=args.method,
             upsample=args.upsample,
             device=args.device,
+            affine=volume.affine,
+            frame=frame,
         )
         written = write_heatmap(
             output,
@@ -137,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "raw_max": result.raw_max,
             "probabilities": dict(result.ranked_probabilities),
             "device": result.device,
-            "model_input_axes": "file order" if view.affine is None else "world order (S, P, L), as napari shows it",
+            "model_input_axes": _model_axes(volume, frame),
+            **({"frame_note": result.preprocessing["frame_note"]} if "frame_note" in result.preprocessing else {}),
         }
     )
     print(json.dumps(summary, indent=2, allow_nan=False))

@@ -15,6 +15,7 @@ from napari_vitcam.engine.cam import Progress, grad_cam
 from napari_vitcam.models.loaded_model import LoadedModel
 from napari_vitcam.models.spec import ModelSpec
 from napari_vitcam.pipeline.devices import pick_device, release_device_memory
+from napari_vitcam.pipeline.frame import ModelFrame, frame_for
 from napari_vitcam.pipeline.preprocess import prepare_input
 
 
@@ -80,6 +81,8 @@ def explain_volume(
     device: str | torch.device = "auto",
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
+    affine: np.ndarray | None = None,
+    frame: ModelFrame | None = None,
 ) -> VolumeExplanation:
     """Explain ``volume`` ((D, H, W), or (C, D, H, W) for a C-channel model).
 
@@ -90,9 +93,14 @@ def explain_volume(
     the model is moved there and stays there. Out of GPU memory raises
     :class:`~napari_vitcam.core.errors.DeviceOutOfMemoryError` after releasing the
     memory the run held (the model goes back to the CPU); retry with
-    ``device="cpu"``.
+    ``device="cpu"``. ``frame``: the orientation the model was trained on
+    (:mod:`napari_vitcam.pipeline.frame`); with the volume's voxel-to-RAS
+    ``affine`` the volume is reoriented into it (exactly: axes permuted and
+    flipped) and the heatmap comes back on the volume's own grid.
     """
     spec = loaded.spec
+    turn, frame_report = frame_for(frame, affine)
+    volume = turn.apply(volume) if turn is not None else volume
     target = target_layer or spec.target_layer
     if not target:
         raise InputError("no target layer given and the checkpoint recommends none: pass target_layer")
@@ -142,7 +150,7 @@ def explain_volume(
             str(torch_device),
         ) from None
     return VolumeExplanation(
-        heatmap=heatmap.astype(np.float32, copy=False),
+        heatmap=(turn.undo(heatmap) if turn is not None else heatmap).astype(np.float32, copy=False),
         raw_max=raw_max,
         predicted_class=int(np.argmax(probabilities)),
         class_idx=int(result.class_idx[0]),
@@ -160,6 +168,7 @@ def explain_volume(
             "resize_mode": spec.input.resize_mode,
             "normalize_first": spec.input.normalize_first,
             "volume_shape": list(np.shape(volume)),
+            **frame_report,
         },
         timings=timings,
     )
