@@ -276,3 +276,11 @@ def test_a_declared_orientation_reorients_the_scan_and_maps_back_to_the_file(
         nv.load_checkpoint(checkpoint), volume, class_idx="busy", affine=affine, frame=ModelFrame("RAS")
     )
     np.testing.assert_allclose(a.get_fdata(), expected.heatmap, atol=1e-6)
+
+
+def test_no_file_of_an_input_series_is_written_over(tmp_path, broken_checkpoint, capsys):
+    stored = np.zeros((4, 6, 6), np.int16)
+    paths = write_ct_series(tmp_path / "series", stored, SeriesGeometry(), shuffle_seed=None)
+    named = [path.rename(path.with_suffix(".dcm")) for path in paths]
+    # the series is given by one of its files; another file of it is the output
+    refused(capsys, [broken_checkpoint, named[0], "-o", named[2], "--force"], "is the input IM0002.dcm")

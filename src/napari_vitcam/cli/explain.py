@@ -116,7 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         volume = read_volume(args.volume, key=args.key)
         output = args.output if args.output is not None else default_output(args.volume, volume)
         frame = ModelFrame(args.orientation) if args.orientation else None  # checked before anything is loaded
-        writer = check_output(output, inputs=(args.volume, args.checkpoint), force=args.force, source=volume)
+        read_from = [Path(p) for p in volume.metadata.get("paths", ())]  # every file of a DICOM series
+        inputs = (args.volume, args.checkpoint, *read_from)
+        writer = check_output(output, inputs=inputs, force=args.force, source=volume)
 
         from napari_vitcam.models.checkpoint import load_checkpoint
         from napari_vitcam.pipeline.explain import explain_volume
