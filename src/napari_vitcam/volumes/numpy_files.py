@@ -43,7 +43,8 @@ class NpyReader(VolumeReader):
         if key is not None:
             raise VolumeFileError(f"{path.name} holds one array: --key applies to .npz files only")
         try:
-            array = np.load(path, allow_pickle=False)
+            with open(path, "rb") as file:
+                array = np.load(file, allow_pickle=False)
         except (ValueError, OSError, EOFError) as error:
             raise _load_error(path, error) from None
         if not isinstance(array, np.ndarray):
@@ -61,7 +62,7 @@ class NpzReader(VolumeReader):
     def keys(self, path: Path) -> list[str]:
         """The names of the arrays in the archive (reads no voxels)."""
         try:
-            with np.load(path, allow_pickle=False) as data:
+            with open(path, "rb") as file, np.load(file, allow_pickle=False) as data:
                 return list(data.files)
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
             raise _load_error(Path(path), error) from None
@@ -80,7 +81,7 @@ class NpzReader(VolumeReader):
         elif key not in keys:
             raise VolumeFileError(f"{path.name} has no array {key!r}: choose one of {', '.join(keys)}")
         try:
-            with np.load(path, allow_pickle=False) as data:
+            with open(path, "rb") as file, np.load(file, allow_pickle=False) as data:
                 array = data[key]
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
             raise _load_error(path, error) from None
