@@ -44,7 +44,9 @@ def explain_layer(viewer, source, loaded):
         result, loaded, source, selection, requested_class="busy", timings=dict(result.timings)
     )
     name = heatmap_layer.heatmap_name(result)
-    return heatmap_layer.show_heatmap(viewer.layers, source, result.heatmap, name, metadata, keep_previous=True)
+    return heatmap_layer.HeatmapLayers().show(
+        viewer.layers, source, selection, result.heatmap, name, metadata, keep_previous=True
+    )
 
 
 def save(viewer, layer, path):
