@@ -13,6 +13,7 @@ from napari_vitcam.core.errors import DeviceOutOfMemoryError, InputError, is_out
 from napari_vitcam.core.vocabulary import Triple, class_labels, name_of_class
 from napari_vitcam.engine.cam import Progress, grad_cam, model_lock
 from napari_vitcam.engine.explainers.registry import get_explainer
+from napari_vitcam.engine.token_grid import TokenGrid
 from napari_vitcam.models.loaded_model import LoadedModel
 from napari_vitcam.pipeline.checks import (
     NonFinite,
@@ -35,6 +36,8 @@ class VolumeExplanation:
     map is empty: no positive evidence for the class at that layer).
     ``probabilities`` are what the model outputs (softmax of its own output);
     the map explains the scores of ``score_layer`` (None: the model's output).
+    ``token_cam`` is the raw map on ``grid``, the token grid over the model
+    input that :func:`model_input` rebuilds (for evaluating the map against the model).
     """
 
     heatmap: np.ndarray
@@ -51,6 +54,7 @@ class VolumeExplanation:
     preprocessing: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     score_layer: str | None = None
+    grid: TokenGrid | None = None
 
     @property
     def scores_explained(self) -> str:
@@ -125,10 +129,7 @@ def explain_volume(
     nonfinite = check_nonfinite_choice(nonfinite)
     torch_device = pick_device(device)
     report = progress or (lambda stage: None)
-    if isinstance(volume, torch.Tensor):
-        volume = as_array(volume)  # a tensor may require grad or live on a GPU
-    turn, frame_report = frame_for(frame, affine)
-    volume = turn.apply(volume) if turn is not None else volume
+    volume, turn, frame_report = _in_model_frame(volume, affine, frame)
     out_shape = _spatial_shape(volume)
     timings: dict[str, float] = {}
     try:
@@ -200,4 +201,36 @@ def explain_volume(
         },
         timings=timings,
         score_layer=result.score_layer,
+        grid=result.grid,
     )
+
+
+def _in_model_frame(volume: object, affine: np.ndarray | None, frame: ModelFrame | None):
+    """The volume as an array in the model's orientation, the turn that brought it there, and what was done."""
+    if isinstance(volume, torch.Tensor):
+        volume = as_array(volume)  # a tensor may require grad or live on a GPU
+    turn, frame_report = frame_for(frame, affine)
+    return (turn.apply(volume) if turn is not None else volume), turn, frame_report
+
+
+def model_input(
+    loaded: LoadedModel,
+    volume: object,
+    *,
+    device: str | torch.device = "auto",
+    affine: np.ndarray | None = None,
+    frame: ModelFrame | None = None,
+    nonfinite: NonFinite = "error",
+) -> torch.Tensor:
+    """The (1, C, *spatial_size) input the model sees for ``volume``, as :func:`explain_volume` builds it.
+
+    Args:
+        loaded: the model and its spec.
+        volume: (D, H, W) or (C, D, H, W).
+        device: where the input goes ("auto": the device explain_volume would pick).
+        affine: the volume's voxel-to-RAS affine, with ``frame``.
+        frame: the model's orientation.
+        nonfinite: what to do with NaN/Inf voxels ("error" or "replace").
+    """
+    oriented, _, _ = _in_model_frame(volume, affine, frame)
+    return prepare_input(oriented, loaded.spec.input, pick_device(device), nonfinite=check_nonfinite_choice(nonfinite))
