@@ -19,6 +19,7 @@ from napari_vitcam.core.errors import (
     VitcamError,
 )
 from napari_vitcam.engine.cam import CamResult, grad_cam
+from napari_vitcam.engine.dispatch import explain_tokens
 from napari_vitcam.engine.explainers import EXPLAINERS
 from napari_vitcam.engine.targets import TargetCandidate, list_targets, recommended_target
 from napari_vitcam.engine.token_grid import TokenGrid
@@ -58,11 +59,12 @@ __all__ = [
     "VitcamError",
     "VolumeExplanation",
     "available_devices",
+    "explain_tokens",
     "explain_volume",
-    "pick_device",
     "grad_cam",
     "list_targets",
     "load_checkpoint",
+    "pick_device",
     "recommended_target",
     "save_checkpoint",
     "targets_for",

@@ -20,7 +20,7 @@ from torch import nn
 from napari_vitcam.core.errors import DegenerateTargetError, InputError, TargetLayerError
 from napari_vitcam.core.vocabulary import Upsample
 from napari_vitcam.engine.capture import cancellable, capture_as_leaf, capture_outputs, eval_mode
-from napari_vitcam.engine.explainers.base import LayerExplainer, LayerInputs
+from napari_vitcam.engine.explainers.base import LayerExplainer, LayerInputs, Scorer
 from napari_vitcam.engine.explainers.registry import get_explainer
 from napari_vitcam.engine.introspect import (
     declared_patch_size,
@@ -38,10 +38,13 @@ ClassIndex = int | Sequence[int] | torch.Tensor | None
 
 @dataclass(frozen=True)
 class CamResult:
-    """What :func:`grad_cam` computed. Tensors stay on the model's device.
+    """What :func:`grad_cam` or :func:`~napari_vitcam.engine.dispatch.explain_tokens` computed.
 
-    ``cam`` (B, D, H, W) and ``token_cam`` (B, d, h, w) are raw: ReLU applied,
-    in class-score units, not normalised.
+    Tensors stay on the model's device. ``cam`` (B, D, H, W) and ``token_cam``
+    (B, d, h, w) are raw: in the method's units (class-score units for the CAM
+    family), not normalised. ``target_layer`` names the layer a layer method
+    read; for an attention method ``attention_layers`` lists where each
+    block's attention was read.
     """
 
     cam: torch.Tensor
@@ -54,6 +57,7 @@ class CamResult:
     layout: TokenLayout
     score_layer: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    attention_layers: tuple[str, ...] = ()
 
     @property
     def grid(self) -> TokenGrid:
@@ -88,7 +92,7 @@ def _patch_grid(model: nn.Module, input_shape, embed_shape, token_grid) -> Token
     if token_grid is not None:
         shape = tuple(int(g) for g in token_grid)
         if patch_size is None:
-            cell = tuple(s / g for s, g in zip(input_shape, shape))
+            cell = tuple(s / g for s, g in zip(input_shape, shape, strict=False))
         else:
             cell = tuple(float(p) for p in patch_size)
         return TokenGrid(shape, cell, input_shape)
@@ -110,6 +114,23 @@ def _suggest_working_target(model, x, target_name, score_layer) -> str:
     return repr(working[-1]) if working else "an earlier layer"
 
 
+def make_scorer(model: nn.Module, class_index: int, score_module: nn.Module | None = None) -> Scorer:
+    """A function that runs ``model`` on a batch, without gradients, and returns class ``class_index``'s score of each.
+
+    ``score_module``: the module whose output is the score (None: the model's logits).
+    """
+
+    def score(batch: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            if score_module is None:
+                return read_logits(model(batch))[:, class_index]
+            with capture_outputs({"score": score_module}) as seen:
+                model(batch)
+            return seen["score"][-1][:, class_index]
+
+    return score
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -129,6 +150,7 @@ def grad_cam(
     out_shape: tuple[int, int, int] | None = None,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
+    batch_size: int = 16,
 ) -> CamResult:
     """Grad-CAM of ``model`` at ``target_layer`` for input ``x`` (B, C, D, H, W).
 
@@ -140,6 +162,8 @@ def grad_cam(
     shape is taken to span the same extent (the volume ``x`` was resized from).
     ``progress`` is called with each stage's name; setting ``cancel`` stops the
     run at the next module call with :class:`~napari_vitcam.core.errors.Cancelled`.
+    ``method`` is any layer explainer of the registry; ``batch_size`` is how
+    many masked inputs a method that runs the model again (Score-CAM) scores at once.
     """
     explainer = get_explainer(method)
     if not isinstance(explainer, LayerExplainer):
@@ -201,8 +225,10 @@ def grad_cam(
 
         report("backward")
         start = time.perf_counter()
-        score = logits.gather(1, classes[:, None]).sum()
-        (gradient,) = torch.autograd.grad(score, activation, allow_unused=True)
+        gradient = None
+        if explainer.needs_gradients:
+            score = logits.gather(1, classes[:, None]).sum()
+            (gradient,) = torch.autograd.grad(score, activation, allow_unused=True)
         if gradient is None:
             gradient = torch.zeros_like(activation)
         _sync(device)
@@ -219,7 +245,7 @@ def grad_cam(
             grads, _ = as_tokens(
                 gradient, grid, input_shape, layout=token_layout.layout, module=target, name=target_name
             )
-            degenerate = not bool(grads.any())
+            degenerate = explainer.needs_gradients and not bool(grads.any())
             if degenerate:
                 stack.close()  # hooks off and model state restored before probing for a working layer
                 working = _suggest_working_target(model, x.to(device), target_name, score_name)
@@ -229,16 +255,27 @@ def grad_cam(
                     f"use {working}"
                 )
             scores = logits.detach().gather(1, classes[:, None])[:, 0].float()
-            token_cam = explainer.token_map(LayerInputs(tokens.float(), grads.float(), scores))
-            token_cam = token_cam.reshape(-1, *token_layout.grid.shape)
-            _sync(device)
-            timings["map"] = time.perf_counter() - start
+        tokens, grads = tokens.float(), grads.float()
 
-            report("upsample")
-            start = time.perf_counter()
-            cam = tokens_to_voxels(token_cam, token_layout.grid, out_shape, mode=upsample)
-            _sync(device)
-            timings["upsample"] = time.perf_counter() - start
+    # The hooks are off from here: a method that runs the model again (Score-CAM) sees it as it is.
+    with torch.no_grad():
+        if explainer.needs_forward:
+            with eval_mode(model), cancellable(model, cancel):
+                xd = x.to(device)
+                scorers = [make_scorer(model, int(c), score_module if score_name else None) for c in classes]
+                inputs = LayerInputs(tokens, grads, scores, xd, scorers, token_layout.grid, batch_size)
+                token_cam = explainer.token_map(inputs)
+        else:
+            token_cam = explainer.token_map(LayerInputs(tokens, grads, scores))
+        token_cam = token_cam.reshape(-1, *token_layout.grid.shape)
+        _sync(device)
+        timings["map"] = time.perf_counter() - start
+
+        report("upsample")
+        start = time.perf_counter()
+        cam = tokens_to_voxels(token_cam, token_layout.grid, out_shape, mode=upsample)
+        _sync(device)
+        timings["upsample"] = time.perf_counter() - start
 
     return CamResult(
         cam=cam,

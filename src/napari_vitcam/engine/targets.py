@@ -121,7 +121,7 @@ def _patch_grid(model: nn.Module, input_shape: tuple[int, int, int]) -> TokenGri
 def _probe(name, kind, tensor, gradient, grid, input_shape, module) -> _Probed | None:
     """The candidate ``name`` makes, or None when its output is not a map of more than one cell."""
     try:
-        tokens, layout = as_tokens(tensor.detach(), grid, input_shape, module=module, name=name)
+        _tokens, layout = as_tokens(tensor.detach(), grid, input_shape, module=module, name=name)
     except LayoutError:
         return None
     if layout.grid.n_tokens < 2:
@@ -139,10 +139,7 @@ def _choose(probed: list[_Probed]) -> list[TargetCandidate]:
     blocks = [p.candidate for p in probed if p.candidate.kind != "stage" and p.ndim == 3]
     # The final norm only where the head reads its patch tokens (a pooled head, not a cls token).
     blocks = [c for c in blocks if not (c.kind == "final_norm" and c.zero_gradient)]
-    if blocks:
-        result = blocks
-    else:
-        result = [p.candidate for p in probed if p.candidate.kind == "stage" and p.ndim == 5][-MAX_STAGES:]
+    result = blocks or [p.candidate for p in probed if p.candidate.kind == "stage" and p.ndim == 5][-MAX_STAGES:]
     usable = [i for i, c in enumerate(result) if not c.zero_gradient]
     if usable:
         result[usable[-1]] = replace(result[usable[-1]], recommended=True)
@@ -181,7 +178,7 @@ def list_targets(
         grads = torch.autograd.grad(score, tensors, allow_unused=True) if tensors else ()
     probed = [
         _probe(name, kinds[name], tensor, grad, grid, input_shape, modules[name])
-        for (name, tensor), grad in zip(once, grads)
+        for (name, tensor), grad in zip(once, grads, strict=False)
     ]
     return _choose([p for p in probed if p is not None])
 
@@ -189,9 +186,14 @@ def list_targets(
 @contextmanager
 def _probing(model: nn.Module, modules: Mapping[str, nn.Module], watched: Mapping[str, nn.Module]):
     """Eval mode, grad on, and the hooks of a probe, all undone on exit."""
-    with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
-        with record_calls(modules) as calls, capture_outputs(watched) as seen:
-            yield calls, seen
+    with (
+        eval_mode(model),
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        record_calls(modules) as calls,
+        capture_outputs(watched) as seen,
+    ):
+        yield calls, seen
 
 
 def recommended_target(candidates: list[TargetCandidate]) -> str | None:

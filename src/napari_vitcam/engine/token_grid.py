@@ -50,7 +50,7 @@ class TokenGrid:
 
     @property
     def covered(self) -> tuple[float, float, float]:
-        return tuple(g * c for g, c in zip(self.shape, self.cell))  # type: ignore[return-value]
+        return tuple(g * c for g, c in zip(self.shape, self.cell, strict=False))  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,13 @@ class TokenLayout:
 
 
 def grid_from_patches(input_shape: Triple, patch: Triple) -> TokenGrid:
-    shape = tuple(s // p for s, p in zip(input_shape, patch))
+    shape = tuple(s // p for s, p in zip(input_shape, patch, strict=False))
     return TokenGrid(shape, tuple(float(p) for p in patch), input_shape)  # type: ignore[arg-type]
 
 
 def grid_over_input(shape: Triple, input_shape: Triple) -> TokenGrid:
     """A feature map that spans the whole input (CNN): cells of input/shape voxels."""
-    cell = tuple(s / g for s, g in zip(input_shape, shape))
+    cell = tuple(s / g for s, g in zip(input_shape, shape, strict=False))
     return TokenGrid(tuple(int(g) for g in shape), cell, input_shape)  # type: ignore[arg-type]
 
 
