@@ -59,16 +59,34 @@ class _Probed:
     ndim: int
 
 
+def _first_norm(block: str, module: nn.Module) -> str | None:
+    """The first LayerNorm inside ``module`` (the pre-norm of its attention), as a dotted name."""
+    for name, child in module.named_modules():
+        if isinstance(child, nn.LayerNorm):
+            return f"{block}.{name}"
+    return None
+
+
 def block_candidates(model: nn.Module) -> list[tuple[str, str]]:
     """``(name, kind)`` for each block of the block list and its ``norm1``, and the final norm.
 
-    The final norm is the ``norm`` LayerNorm beside the block list (``norm``
-    of timm's and MONAI's ViTs, and of :class:`~napari_vitcam.models.architectures.vit3d.ViT3D`).
+    A block held as a ``ModuleList`` that is never called as a module
+    (vit-pytorch's ``[attention, feed-forward]`` pairs) offers its first
+    LayerNorm instead, the pre-norm its attention reads (vit-pytorch's
+    ``layers.i.0.norm``). The final norm is the ``norm`` LayerNorm beside the
+    block list (``norm`` of timm's and MONAI's ViTs and of
+    :class:`~napari_vitcam.models.architectures.vit3d.ViT3D`, vit-pytorch's
+    ``transformer.norm``).
     """
     names = dict(model.named_modules())
     found = find_block_list(model)
     out: list[tuple[str, str]] = []
     for block in found[1] if found is not None else []:
+        if isinstance(names[block], nn.ModuleList):
+            norm = _first_norm(block, names[block])
+            if norm is not None:
+                out.append((norm, "norm1"))
+            continue
         if f"{block}.norm1" in names:
             out.append((f"{block}.norm1", "norm1"))
         out.append((block, "block"))
@@ -95,18 +113,28 @@ def stage_candidates(model: nn.Module) -> list[tuple[str, str]]:
     return out
 
 
-def _once_each(calls: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+def _once_each(
+    calls: list[tuple[str, torch.Tensor]], kinds: Mapping[str, str] | None = None
+) -> list[tuple[str, torch.Tensor]]:
     """Calls of modules that ran once, with a tensor two modules returned kept under the later name.
 
     The later one is the outer module (``layer4`` after ``layer4.1``) or an
     in-place op after the layer it modified (``relu`` after ``conv``), whose
-    values the tensor holds.
+    values the tensor holds. A transformer's own candidate (a final norm) keeps
+    its name over a stage that returns its output (an encoder that ends in its
+    final norm, as vit-pytorch's ``transformer`` or UNETR's ``vit`` do).
     """
+    kinds = kinds or {}
     counts: dict[str, int] = {}
     for name, _ in calls:
         counts[name] = counts.get(name, 0) + 1
     once = [(n, t) for n, t in calls if counts[n] == 1 and t.requires_grad]
-    last_name = {id(t): n for n, t in once}
+    last_name: dict[int, str] = {}
+    for n, t in once:
+        earlier = last_name.get(id(t))
+        if earlier is not None and kinds.get(earlier, "stage") != "stage" and kinds.get(n, "stage") == "stage":
+            continue
+        last_name[id(t)] = n
     return [(n, t) for n, t in once if last_name[id(t)] == n]
 
 
@@ -173,7 +201,7 @@ def list_targets(
         output = model(x)
         logits = seen["score"][-1] if score_layer is not None else read_logits(output)
         score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
-        once = _once_each(calls)
+        once = _once_each(calls, kinds)
         tensors = [t for _, t in once]
         grads = torch.autograd.grad(score, tensors, allow_unused=True) if tensors else ()
     probed = [

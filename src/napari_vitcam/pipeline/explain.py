@@ -11,7 +11,9 @@ import torch
 
 from napari_vitcam.core.errors import DeviceOutOfMemoryError, InputError, is_out_of_memory, model_errors_as_input_errors
 from napari_vitcam.core.vocabulary import class_labels, name_of_class
-from napari_vitcam.engine.cam import Progress, grad_cam
+from napari_vitcam.engine.cam import Progress
+from napari_vitcam.engine.dispatch import explain_tokens
+from napari_vitcam.engine.explainers import LayerExplainer, get_explainer
 from napari_vitcam.models.loaded_model import LoadedModel
 from napari_vitcam.models.spec import ModelSpec
 from napari_vitcam.pipeline.devices import pick_device, release_device_memory
@@ -78,6 +80,7 @@ def explain_volume(
     method: str = "gradcam",
     upsample: str = "smooth",
     device: str | torch.device = "auto",
+    token_grid: tuple[int, int, int] | None = None,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
 ) -> VolumeExplanation:
@@ -90,11 +93,14 @@ def explain_volume(
     the model is moved there and stays there. Out of GPU memory raises
     :class:`~napari_vitcam.core.errors.DeviceOutOfMemoryError` after releasing the
     memory the run held (the model goes back to the CPU); retry with
-    ``device="cpu"``.
+    ``device="cpu"``. ``method``: any registered explainer (``EXPLAINERS``);
+    attention and perturbation methods need no target layer. ``token_grid``:
+    the model's token grid (d, h, w), when the model does not say it.
     """
     spec = loaded.spec
+    explainer = get_explainer(method)
     target = target_layer or spec.target_layer
-    if not target:
+    if isinstance(explainer, LayerExplainer) and not target:
         raise InputError("no target layer given and the checkpoint recommends none: pass target_layer")
     index = _class_index(class_idx, spec)
     torch_device = pick_device(device)
@@ -108,14 +114,15 @@ def explain_volume(
         x = prepare_input(volume, spec.input, torch_device)
         timings["preprocess"] = time.perf_counter() - start
         with model_errors_as_input_errors(tuple(x.shape)):
-            result = grad_cam(
+            result = explain_tokens(
                 loaded.model,
                 x,
-                target,
+                explainer,
+                target if isinstance(explainer, LayerExplainer) else None,
                 index,
                 upsample=upsample,
-                method=method,
                 score_layer=spec.score_layer,
+                token_grid=token_grid,
                 out_shape=out_shape,
                 progress=report,
                 cancel=cancel,
