@@ -29,6 +29,7 @@ from napari_vitcam.engine.introspect import (
     read_logits,
     resolve_module,
 )
+from napari_vitcam.engine.layout_check import establish_layout
 from napari_vitcam.engine.token_grid import Layout, TokenGrid, TokenLayout, as_tokens, grid_from_patches
 from napari_vitcam.engine.voxel_map import tokens_to_voxels
 
@@ -238,6 +239,12 @@ def grad_cam(
         start = time.perf_counter()
         embed_shape = tuple(seen["embed"][-1].shape[2:]) if seen.get("embed") else None
         grid = _patch_grid(model, input_shape, embed_shape, token_grid)
+        if layout == "auto" and activation.ndim == 5:
+            calls = len(capture.activations)
+            layout = establish_layout(  # type: ignore[assignment]
+                model, x[:1].to(device), target, target_name, tuple(activation.shape), grid, input_shape
+            )
+            del capture.activations[calls:]
         with torch.no_grad():
             tokens, token_layout = as_tokens(
                 activation.detach(), grid, input_shape, layout=layout, module=target, name=target_name

@@ -88,6 +88,27 @@ def find_block_list(model: nn.Module) -> tuple[str, list[str]] | None:
     return best
 
 
+def _is_layer_norm_block(module: nn.Module) -> bool:
+    return isinstance(dict(module.named_children()).get("norm1"), nn.LayerNorm)
+
+
+def find_stage_lists(model: nn.Module) -> list[tuple[str, list[str]]]:
+    """Every list of transformer blocks (children with a LayerNorm ``norm1``), in definition order.
+
+    A hierarchical transformer (MONAI's ``SwinTransformer``) holds one list per
+    stage, each on its own grid; a plain ViT holds one.
+    """
+    out = []
+    for name, module in model.named_modules():
+        if not isinstance(module, _CONTAINERS):
+            continue
+        children = list(module.named_children())
+        if children and all(_is_layer_norm_block(c) for _, c in children):
+            prefix = f"{name}." if name else ""
+            out.append((name, [prefix + child for child, _ in children]))
+    return out
+
+
 def find_patch_embedding(model: nn.Module) -> tuple[str, nn.Conv3d] | None:
     """The first Conv3d whose kernel equals its stride with no padding: a patch embedding."""
     for name, module in model.named_modules():

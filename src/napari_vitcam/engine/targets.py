@@ -27,6 +27,7 @@ from napari_vitcam.engine.capture import capture_outputs, eval_mode, record_call
 from napari_vitcam.engine.introspect import (
     declared_patch_size,
     find_block_list,
+    find_stage_lists,
     find_patch_embedding,
     read_logits,
     resolve_module,
@@ -42,7 +43,7 @@ class TargetCandidate:
     """A layer the engine can explain at."""
 
     name: str
-    kind: str  # "norm1", "block", "final_norm" or "stage"
+    kind: str  # "norm1", "block", "final_norm", "swin_block", "swin_stage" or "stage"
     zero_gradient: bool
     recommended: bool = False
 
@@ -95,6 +96,25 @@ def block_candidates(model: nn.Module) -> list[tuple[str, str]]:
         final = f"{parent}.norm" if parent else "norm"
         if isinstance(names.get(final), nn.LayerNorm):
             out.append((final, "final_norm"))
+    return out
+
+
+def hierarchical_candidates(model: nn.Module) -> list[tuple[str, str]]:
+    """For a transformer with several stages of blocks (Swin): every block, then each stage's output.
+
+    A stage is the module that holds a block list (MONAI's ``BasicLayer``,
+    ``layers2.0``), where the stage's downsampling has run. Empty for a plain ViT.
+    """
+    lists = find_stage_lists(model)
+    if len(lists) < 2:
+        return []
+    names = dict(model.named_modules())
+    out: list[tuple[str, str]] = []
+    for list_name, blocks in lists:
+        out += [(block, "swin_block") for block in blocks]
+        parent = list_name.rpartition(".")[0]
+        if parent and not isinstance(names[parent], _CONTAINERS):
+            out.append((parent, "swin_stage"))
     return out
 
 
@@ -167,7 +187,9 @@ def _choose(probed: list[_Probed]) -> list[TargetCandidate]:
     blocks = [p.candidate for p in probed if p.candidate.kind != "stage" and p.ndim == 3]
     # The final norm only where the head reads its patch tokens (a pooled head, not a cls token).
     blocks = [c for c in blocks if not (c.kind == "final_norm" and c.zero_gradient)]
-    result = blocks or [p.candidate for p in probed if p.candidate.kind == "stage" and p.ndim == 5][-MAX_STAGES:]
+    swin = [p.candidate for p in probed if p.candidate.kind in ("swin_block", "swin_stage") and p.ndim == 5]
+    stages = [p.candidate for p in probed if p.candidate.kind == "stage" and p.ndim == 5][-MAX_STAGES:]
+    result = blocks or swin or stages
     usable = [i for i, c in enumerate(result) if not c.zero_gradient]
     if usable:
         result[usable[-1]] = replace(result[usable[-1]], recommended=True)
@@ -186,7 +208,7 @@ def list_targets(
     cell over the input are listed. The recommended one is the last with a
     non-zero gradient for the example's predicted class.
     """
-    blocks = block_candidates(model)
+    blocks = hierarchical_candidates(model) or block_candidates(model)
     taken = {name for name, _ in blocks}
     candidates = blocks + [c for c in stage_candidates(model) if c[0] not in taken]
     kinds = dict(candidates)
