@@ -132,6 +132,36 @@ def make_scorer(model: nn.Module, class_index: int, score_module: nn.Module | No
     return score
 
 
+def explain_layer_map(
+    model: nn.Module,
+    x: torch.Tensor,
+    explainer: LayerExplainer,
+    module: nn.Module,
+    name: str,
+    activation: torch.Tensor,
+    gradient: torch.Tensor,
+    logits: torch.Tensor,
+    classes: torch.Tensor,
+    grid: TokenGrid | None,
+    input_shape: tuple[int, ...],
+    layout: Layout = "auto",
+) -> tuple[torch.Tensor, TokenLayout]:
+    """A gradient layer method's (B, d, h, w) token map from a layer's recorded activation and gradient.
+
+    The layout of a 5-D output is established (:func:`establish_layout`) unless given.
+    """
+    shape3 = tuple(int(s) for s in input_shape)
+    if layout == "auto" and activation.ndim == 5:
+        device = activation.device
+        layout = establish_layout(model, x[:1].to(device), module, name, tuple(activation.shape), grid, shape3)  # type: ignore[assignment,arg-type]
+    with torch.no_grad():
+        tokens, token_layout = as_tokens(activation, grid, shape3, layout=layout, module=module, name=name)  # type: ignore[arg-type]
+        grads, _ = as_tokens(gradient, grid, shape3, layout=token_layout.layout, module=module, name=name)  # type: ignore[arg-type]
+        scores = logits.detach().gather(1, classes[:, None])[:, 0].float()
+        token_cam = explainer.token_map(LayerInputs(tokens.float(), grads.float(), scores))
+    return token_cam.reshape(-1, *token_layout.grid.shape), token_layout
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

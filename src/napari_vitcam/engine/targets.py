@@ -27,8 +27,8 @@ from napari_vitcam.engine.capture import capture_outputs, eval_mode, record_call
 from napari_vitcam.engine.introspect import (
     declared_patch_size,
     find_block_list,
-    find_stage_lists,
     find_patch_embedding,
+    find_stage_lists,
     read_logits,
     resolve_module,
 )
