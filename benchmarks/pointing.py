@@ -21,7 +21,7 @@ import torch
 import napari_vitcam as nv
 from napari_vitcam.testing.thirdparty import vit_pytorch_module
 
-SIZE, PATCH, CUBE = 32, 8, 6
+SIZE, PATCH, CUBE = 24, 4, 4
 
 
 def make_batch(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -33,15 +33,15 @@ def make_batch(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.
     corners = torch.where(labels[:, None] == 0, offset, offset + half)
     for i in range(n):
         d, h, w = corners[i].tolist()
-        x[i, 0, d : d + CUBE, h : h + CUBE, w : w + CUBE] += 2.0
+        x[i, 0, d : d + CUBE, h : h + CUBE, w : w + CUBE] += 3.0
     return x, labels, corners
 
 
 def build(kind: str) -> torch.nn.Module:
-    common = dict(
-        image_size=SIZE, image_patch_size=PATCH, frames=SIZE, frame_patch_size=PATCH, num_classes=2,
-        dim=32, depth=4, heads=4, mlp_dim=64, channels=1, dim_head=8,
-    )  # fmt: skip
+    common = {
+        "image_size": SIZE, "image_patch_size": PATCH, "frames": SIZE, "frame_patch_size": PATCH, "num_classes": 2,
+        "dim": 32, "depth": 3, "heads": 4, "mlp_dim": 64, "channels": 1, "dim_head": 8,
+    }  # fmt: skip
     if kind == "vit":
         return vit_pytorch_module("vit_3d").ViT(**common)
     return vit_pytorch_module("simple_vit_3d").SimpleViT(**common)
@@ -49,11 +49,11 @@ def build(kind: str) -> torch.nn.Module:
 
 def train(model: torch.nn.Module, seconds: float, seed: int) -> int:
     generator = torch.Generator().manual_seed(seed)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        x, y, _ = make_batch(32, generator)
+        x, y, _ = make_batch(16, generator)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         optimiser.zero_grad()
         loss.backward()
@@ -95,7 +95,9 @@ def main() -> None:
         runs += [("occlusion", None)]
         if args.methods:
             runs = [r for r in runs if r[0] in args.methods.split(",")]
-        print(f"{kind}: {steps} steps in {args.seconds:.0f} s, accuracy {accuracy:.2f}, targets {recommended} / {first}")
+        print(
+            f"{kind}: {steps} steps in {args.seconds:.0f} s, accuracy {accuracy:.2f}, targets {recommended} / {first}"
+        )
         for method, target in runs:
             hits, start = 0, time.perf_counter()
             for i in range(0, args.volumes, 10):

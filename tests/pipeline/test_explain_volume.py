@@ -30,8 +30,8 @@ class BrightSpotModel(nn.Module):
         return torch.cat([score, -score], dim=1)
 
 
-def loaded(norm=Normalization("none"), size=(32, 32, 32), channels=1):
-    spec = ModelSpec(InputSpec(channels, size, norm), ("bright", "dark"), "blocks.0")
+def loaded(norm=None, size=(32, 32, 32), channels=1):
+    spec = ModelSpec(InputSpec(channels, size, norm or Normalization("none")), ("bright", "dark"), "blocks.0")
     return LoadedModel(BrightSpotModel(), spec)
 
 
@@ -84,7 +84,7 @@ def test_channel_first_volume_for_a_two_channel_model():
 
 
 @pytest.mark.parametrize(
-    "volume, message",
+    ("volume", "message"),
     [
         (np.zeros((32, 32), np.float32), r"2 dimensions .* give a 3-D"),
         (np.zeros((2, 2, 8, 8, 8), np.float32), r"5 dimensions"),

@@ -96,9 +96,10 @@ def _patch_grid(model: nn.Module, input_shape, embed_shape, token_grid) -> Token
             cell = tuple(s / g for s, g in zip(input_shape, shape, strict=False))
         else:
             cell = tuple(float(p) for p in patch_size)
-        return TokenGrid(shape, cell, input_shape)
-    if embed_shape is not None:
-        return TokenGrid(tuple(embed_shape), tuple(float(s) for s in patch[1].stride), input_shape)
+        return TokenGrid(shape, cell, input_shape)  # type: ignore[arg-type]
+    if embed_shape is not None and patch is not None:
+        stride = tuple(float(s) for s in patch[1].stride)
+        return TokenGrid(tuple(embed_shape), stride, input_shape)  # type: ignore[arg-type]
     if patch_size is not None:
         return grid_from_patches(input_shape, patch_size)
     return None
@@ -153,10 +154,10 @@ def explain_layer_map(
     shape3 = tuple(int(s) for s in input_shape)
     if layout == "auto" and activation.ndim == 5:
         device = activation.device
-        layout = establish_layout(model, x[:1].to(device), module, name, tuple(activation.shape), grid, shape3)  # type: ignore[assignment,arg-type]
+        layout = establish_layout(model, x[:1].to(device), module, name, tuple(activation.shape), grid, shape3)  # type: ignore[assignment]
     with torch.no_grad():
-        tokens, token_layout = as_tokens(activation, grid, shape3, layout=layout, module=module, name=name)  # type: ignore[arg-type]
-        grads, _ = as_tokens(gradient, grid, shape3, layout=token_layout.layout, module=module, name=name)  # type: ignore[arg-type]
+        tokens, token_layout = as_tokens(activation, grid, shape3, layout=layout, module=module, name=name)
+        grads, _ = as_tokens(gradient, grid, shape3, layout=token_layout.layout, module=module, name=name)
         scores = logits.detach().gather(1, classes[:, None])[:, 0].float()
         token_cam = explainer.token_map(LayerInputs(tokens.float(), grads.float(), scores))
     return token_cam.reshape(-1, *token_layout.grid.shape), token_layout
@@ -219,7 +220,7 @@ def grad_cam(
         stack.enter_context(eval_mode(model))
         stack.enter_context(torch.inference_mode(False))
         capture = stack.enter_context(capture_as_leaf(target, target_name))
-        watched = {}
+        watched: dict[str, nn.Module] = {}
         if patch is not None:
             watched["embed"] = patch[1]
         if score_name is not None:

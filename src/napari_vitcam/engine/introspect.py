@@ -33,10 +33,10 @@ def resolve_module(model: nn.Module, layer: str | nn.Module, what: str = "target
 
 
 def model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for parameter in model.parameters():
+        return parameter.device
+    for buffer in model.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 
@@ -136,7 +136,7 @@ def declared_patch_size(model: nn.Module) -> Triple | None:
         if isinstance(size, int) and size > 0:
             return (size, size, size)
         if isinstance(size, (tuple, list)) and len(size) == 3 and all(isinstance(s, int) for s in size):
-            return tuple(size)  # type: ignore[return-value]
+            return tuple(size)
         from_pattern = _einops_patch_size(module)
         if from_pattern is not None:
             return from_pattern

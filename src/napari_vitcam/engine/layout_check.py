@@ -77,7 +77,7 @@ def _hits(model, x1, target, name, layout, grid, input_shape) -> int:
         model(batch)
     if not seen[name]:
         return 0
-    tokens, _ = as_tokens(seen[name][-1].float(), grid, input_shape, layout=layout, name=name)  # type: ignore[arg-type]
+    tokens, _ = as_tokens(seen[name][-1].float(), grid, input_shape, layout=layout, name=name)
     response = (tokens[1:] - tokens[:1]).abs().sum(dim=-1)
     hits = 0
     for n, cell in enumerate(cells):
@@ -93,7 +93,7 @@ def establish_layout(
     name: str,
     shape: tuple[int, ...],
     patch_grid: TokenGrid | None,
-    input_shape: Triple,
+    input_shape: tuple[int, ...],
 ) -> str:
     """``"channels_first"`` or ``"channels_last"`` for ``target``'s 5-D output of ``shape``.
 
@@ -105,7 +105,8 @@ def establish_layout(
         patch_grid: the model's token grid, or None.
         input_shape: the input's spatial shape.
     """
-    options = readings(shape, patch_grid, input_shape)
+    input_shape = tuple(int(s) for s in input_shape)
+    options = readings(shape, patch_grid, input_shape)  # type: ignore[arg-type]
     by_grid = [layout for layout, grid in options.items() if grid is patch_grid]
     if len(by_grid) == 1:
         return by_grid[0]

@@ -158,7 +158,7 @@ def _once_each(
     return [(n, t) for n, t in once if last_name[id(t)] == n]
 
 
-def _patch_grid(model: nn.Module, input_shape: tuple[int, int, int]) -> TokenGrid | None:
+def _patch_grid(model: nn.Module, input_shape: tuple[int, ...]) -> TokenGrid | None:
     patch = find_patch_embedding(model)
     if patch is not None:
         return grid_from_patches(input_shape, tuple(patch[1].stride))

@@ -62,9 +62,9 @@ class TokenLayout:
     grid: TokenGrid
 
 
-def grid_from_patches(input_shape: Triple, patch: Triple) -> TokenGrid:
+def grid_from_patches(input_shape: tuple[int, ...], patch: tuple[int, ...]) -> TokenGrid:
     shape = tuple(s // p for s, p in zip(input_shape, patch, strict=False))
-    return TokenGrid(shape, tuple(float(p) for p in patch), input_shape)  # type: ignore[arg-type]
+    return TokenGrid(shape, tuple(float(p) for p in patch), tuple(input_shape))  # type: ignore[arg-type]
 
 
 def grid_over_input(shape: Triple, input_shape: Triple) -> TokenGrid:
@@ -84,9 +84,9 @@ def _is_channel_last_module(module: nn.Module | None, channels: int) -> bool:
 def as_tokens(
     activation: torch.Tensor,
     patch_grid: TokenGrid | None,
-    input_shape: Triple,
+    input_shape: tuple[int, ...],
     *,
-    layout: Layout = "auto",
+    layout: Layout | str = "auto",
     module: nn.Module | None = None,
     name: str = "target",
 ) -> tuple[torch.Tensor, TokenLayout]:
@@ -100,6 +100,7 @@ def as_tokens(
     shape = tuple(activation.shape)
     if layout == "auto":
         layout = _guess_layout(activation, patch_grid, module)
+    input_shape = tuple(int(s) for s in input_shape)
     if layout == "tokens":
         if activation.ndim != 3:
             raise LayoutError(f"{name} output has shape {shape}: 'tokens' layout expects (B, T, E)")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
 
 from napari_vitcam.core.errors import DeviceOutOfMemoryError, InputError, is_out_of_memory, model_errors_as_input_errors
-from napari_vitcam.core.vocabulary import class_labels, name_of_class
+from napari_vitcam.core.vocabulary import Triple, Upsample, class_labels, name_of_class
 from napari_vitcam.engine.cam import Progress
 from napari_vitcam.engine.dispatch import explain_tokens
 from napari_vitcam.engine.explainers import LayerExplainer, get_explainer
@@ -120,10 +121,10 @@ def explain_volume(
                 explainer,
                 target if isinstance(explainer, LayerExplainer) else None,
                 index,
-                upsample=upsample,
+                upsample=cast(Upsample, upsample),
                 score_layer=spec.score_layer,
                 token_grid=token_grid,
-                out_shape=out_shape,
+                out_shape=cast(Triple, out_shape),
                 progress=report,
                 cancel=cancel,
             )

@@ -96,5 +96,5 @@ def monai_vit(size: int = 16, patch: int = 4, depth: int = 2, flash: bool = Fals
     )
     for module in model.modules():
         if hasattr(module, "use_flash_attention"):
-            setattr(module, "use_flash_attention", flash)
+            module.use_flash_attention = flash  # type: ignore[assignment]
     return model
