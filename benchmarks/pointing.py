@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--models", default="vit,simple")
     parser.add_argument("--methods", default="")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     for kind in args.models.split(","):
         torch.manual_seed(0)
         model = build(kind)
@@ -99,9 +99,12 @@ def main() -> None:
         runs += [("occlusion", None)]
         if args.methods:
             runs = [r for r in runs if r[0] in args.methods.split(",")]
-        print(
-            f"{kind}: {steps} steps in {args.seconds:.0f} s, accuracy {accuracy:.2f}, targets {recommended} / {first}"
-        )
+        print(f"{kind}: {steps} steps in {took:.0f} s, accuracy {accuracy:.2f}, targets {recommended} / {first}")
+        cells = (SIZE // PATCH,) * 3
+        count = int(np.prod(cells))
+        chance = np.mean([np.mean([points(np.eye(1, count, k).reshape(cells), c.numpy()) for k in range(count)])
+                          for c in corners])  # fmt: skip
+        print(f"  a peak at a random token: pointing {chance:.2f}")
         for method, target in runs:
             hits, start = 0, time.perf_counter()
             for i in range(0, args.volumes, 10):
