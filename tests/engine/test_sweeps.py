@@ -75,3 +75,16 @@ def test_class_sweep_on_a_pooled_third_party_model_chosen_classes():
     alone = nv.grad_cam(model, x, "transformer.norm", 1)
     torch.testing.assert_close(sweep.token_cams[0], alone.token_cam, atol=1e-6, rtol=1e-5)
     assert sweep.class_idx.tolist() == [[1]]
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_attention_methods_and_sweeps_work_inside_no_grad_and_inference_mode(vit, mode):
+    x = torch.randn(1, 1, 16, 16, 16)
+    expected = nv.explain_tokens(vit, x, "relevance").token_cam
+    with mode():
+        relevance = nv.explain_tokens(vit, x, "relevance").token_cam
+        blocks = sweep_blocks(vit, x, ["blocks.1.norm1"])
+        classes = sweep_classes(vit, x, "rollout", classes=[0])
+        assert not torch.is_grad_enabled()
+    torch.testing.assert_close(relevance, expected)
+    assert blocks.cams.shape == (1, 1, 16, 16, 16) and classes.cams.shape == (1, 1, 16, 16, 16)

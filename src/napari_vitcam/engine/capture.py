@@ -6,10 +6,12 @@ the body raises.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
 
 import torch
 from torch import nn
@@ -108,6 +110,21 @@ def capture_outputs(modules: Mapping[str, nn.Module]) -> Iterator[dict[str, list
     captured: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
     with _on_outputs(modules, lambda name, tensor: captured[name].append(tensor)):
         yield captured
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def with_gradients(function: Callable[P, R]) -> Callable[P, R]:
+    """Run ``function`` with autograd on, whatever grad mode the caller is in (``no_grad``, ``inference_mode``)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with torch.inference_mode(False), torch.enable_grad():
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
 @contextmanager

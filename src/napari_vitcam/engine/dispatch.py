@@ -37,7 +37,7 @@ from napari_vitcam.engine.cam import (
     grad_cam,
     make_scorer,
 )
-from napari_vitcam.engine.capture import cancellable, capture_outputs, eval_mode
+from napari_vitcam.engine.capture import cancellable, capture_outputs, eval_mode, with_gradients
 from napari_vitcam.engine.explainers.base import (
     AttentionExplainer,
     AttentionInputs,
@@ -190,6 +190,7 @@ def readout_from_gradient(gradient: torch.Tensor) -> torch.Tensor:
     return read.float() / count.float()
 
 
+@with_gradients
 def _explain_attention(
     model, x, explainer: AttentionExplainer, class_idx, upsample, score_layer, token_grid, out_shape, progress, cancel
 ) -> CamResult:

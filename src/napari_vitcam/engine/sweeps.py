@@ -26,7 +26,7 @@ from napari_vitcam.core.errors import InputError, TargetLayerError
 from napari_vitcam.core.vocabulary import Upsample, class_label
 from napari_vitcam.engine.attention import capture_attention, check_attention
 from napari_vitcam.engine.cam import ClassIndex, _class_indices, _patch_grid, _sync, explain_layer_map
-from napari_vitcam.engine.capture import capture_as_leaf, capture_outputs, eval_mode
+from napari_vitcam.engine.capture import capture_as_leaf, capture_outputs, eval_mode, with_gradients
 from napari_vitcam.engine.dispatch import (
     _check_input,
     _explainer,
@@ -81,6 +81,7 @@ def _default_targets(model: nn.Module, x: torch.Tensor, score_layer) -> list[str
     return names
 
 
+@with_gradients
 def sweep_blocks(
     model: nn.Module,
     x: torch.Tensor,
@@ -165,6 +166,7 @@ def sweep_blocks(
     )
 
 
+@with_gradients
 def sweep_classes(
     model: nn.Module,
     x: torch.Tensor,

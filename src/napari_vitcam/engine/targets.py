@@ -218,8 +218,8 @@ def list_targets(
         watched["score"] = resolve_module(model, score_layer, "score layer")[1]
     input_shape = tuple(int(s) for s in example.shape[2:])
     grid = _patch_grid(model, input_shape)
-    x = example.detach().clone().requires_grad_(True)
     with _probing(model, modules, watched) as (calls, seen):
+        x = example.detach().clone().requires_grad_(True)
         output = model(x)
         logits = seen["score"][-1] if score_layer is not None else read_logits(output)
         score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
