@@ -5,7 +5,7 @@ The task: a bright cube lies in one corner octant (class 0) or the opposite one
 "points" when its peak token lies within one patch (Chebyshev distance <= 1
 cell) of a token the cube overlaps. Run::
 
-    PYTHONPATH=src python -m benchmarks.pointing --steps 400 --volumes 60
+    PYTHONPATH=src python -m benchmarks.pointing --steps 250 --volumes 60
 
 and it prints one line per model and method: accuracy, pointing rate, seconds per volume.
 """
@@ -21,7 +21,7 @@ import torch
 import napari_vitcam as nv
 from napari_vitcam.testing.thirdparty import vit_pytorch_module
 
-SIZE, PATCH, CUBE = 24, 4, 4
+SIZE, PATCH, CUBE = 24, 4, 8
 
 
 def make_batch(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -50,13 +50,13 @@ def build(kind: str) -> torch.nn.Module:
 
 
 def train(model: torch.nn.Module, steps: int, seconds: float, seed: int) -> tuple[int, float]:
-    """AdamW on fresh batches of 16 for ``steps`` steps or ``seconds`` seconds, whichever comes first."""
+    """AdamW on fresh batches of 32 for ``steps`` steps or ``seconds`` seconds, whichever comes first."""
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
     done, start = 0, time.perf_counter()
     while done < steps and time.perf_counter() - start < seconds:
-        x, y, _ = make_batch(16, generator)
+        x, y, _ = make_batch(32, generator)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         optimiser.zero_grad()
         loss.backward()
@@ -77,7 +77,7 @@ def points(token_map: np.ndarray, corner: np.ndarray) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--volumes", type=int, default=100)
     parser.add_argument("--models", default="vit,simple")
