@@ -100,3 +100,18 @@ def test_a_model_without_attention_is_a_one_line_error(method):
         nv.explain_tokens(model, torch.randn(1, 1, 8, 8, 8), method)
     assert "\n" not in str(caught.value) and "Grad-CAM" in str(caught.value)
     assert hook_count(model) == 0
+
+
+def test_other_threads_keep_torch_sdpa_while_one_thread_reads_attention():
+    import threading
+
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 2, 5, 4, generator=g) for _ in range(3))
+    recorded, other = [], []
+    with explicit_attention(recorded.append):
+        worker = threading.Thread(target=lambda: other.append(F.scaled_dot_product_attention(q, k, v)))
+        worker.start()
+        worker.join()
+        F.scaled_dot_product_attention(q, k, v)
+    assert len(recorded) == 1 and len(other) == 1
+    torch.testing.assert_close(other[0], F.scaled_dot_product_attention(q, k, v))

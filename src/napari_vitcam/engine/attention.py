@@ -19,6 +19,7 @@ forward pass makes them. That finds:
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -108,9 +109,21 @@ def _explicit_sdpa(record):
 
 @contextmanager
 def explicit_attention(record) -> Iterator[None]:
-    """Replace ``F.scaled_dot_product_attention`` by an explicit twin that calls ``record(probs)``."""
+    """Replace ``F.scaled_dot_product_attention`` by an explicit twin that calls ``record(probs)``.
+
+    Only calls from the thread that opened the context take the explicit path;
+    other threads keep torch's fused function.
+    """
     original = F.scaled_dot_product_attention
-    F.scaled_dot_product_attention = _explicit_sdpa(record)
+    owner = threading.get_ident()
+    explicit = _explicit_sdpa(record)
+
+    def dispatch(*args, **kwargs):
+        if threading.get_ident() != owner:
+            return original(*args, **kwargs)
+        return explicit(*args, **kwargs)
+
+    F.scaled_dot_product_attention = dispatch
     try:
         yield
     finally:
