@@ -149,7 +149,16 @@ def explain_layer_map(
 ) -> tuple[torch.Tensor, TokenLayout]:
     """A gradient layer method's (B, d, h, w) token map from a layer's recorded activation and gradient.
 
-    The layout of a 5-D output is established (:func:`establish_layout`) unless given.
+    Args:
+        model: the model (run again only to establish a 5-D output's layout).
+        x: the input the activation came from.
+        explainer: the layer method.
+        module: the layer; ``name`` its dotted name.
+        activation: its output; ``gradient``: the class score's gradient there.
+        logits: (B, classes) the model's output; ``classes``: (B,) the classes explained.
+        grid: the model's token grid, or None.
+        input_shape: the input's spatial shape.
+        layout: the output's layout; ``"auto"`` establishes it (:func:`establish_layout` for 5-D outputs).
     """
     shape3 = tuple(int(s) for s in input_shape)
     if layout == "auto" and activation.ndim == 5:
