@@ -32,6 +32,7 @@ from napari_vitcam.engine.cam import (
     ClassIndex,
     Progress,
     _class_indices,
+    _own_logits,
     _patch_grid,
     _sync,
     grad_cam,
@@ -183,6 +184,12 @@ def _logits(output, seen, score_name) -> torch.Tensor:
     return logits
 
 
+def _scores(output, seen, score_name) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The scores explained, and the model's own output where a score layer is named (for its probabilities)."""
+    logits = _logits(output, seen, score_name)
+    return logits, (_own_logits(output, logits) if score_name is not None else None)
+
+
 def readout_from_gradient(gradient: torch.Tensor) -> torch.Tensor:
     """(B, T) what the head reads at the last block's output, from the gradient of the last attention.
 
@@ -221,7 +228,7 @@ def _explain_attention(
         report("forward")
         start = time.perf_counter()
         xd = x.detach().to(device).clone().requires_grad_(True)
-        logits = _logits(model(xd), seen, score_name)
+        logits, own_logits = _scores(model(xd), seen, score_name)
         _sync(device)
         timings["forward"] = time.perf_counter() - start
     tokens = check_attention(found)
@@ -267,6 +274,7 @@ def _explain_attention(
         cam=cam,
         token_cam=token_cam,
         logits=logits.detach(),
+        output_logits=own_logits,
         class_idx=classes,
         target_layer=ATTENTION_TARGET,
         method=explainer.name,
@@ -304,7 +312,7 @@ def _explain_perturbation(
         start = time.perf_counter()
         xd = x.to(device)
         with capture_outputs(_watched(model, score_module)) as seen:
-            logits = _logits(model(xd), seen, score_name)
+            logits, own_logits = _scores(model(xd), seen, score_name)
         grid = _grid_or_error(model, input_shape, seen, token_grid)
         classes = _class_indices(class_idx, logits)
         _sync(device)
@@ -329,6 +337,7 @@ def _explain_perturbation(
         cam=cam,
         token_cam=token_cam,
         logits=logits.detach(),
+        output_logits=own_logits,
         class_idx=classes,
         target_layer=PERTURBATION_TARGET,
         method=explainer.name,

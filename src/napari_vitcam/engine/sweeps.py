@@ -33,6 +33,7 @@ from napari_vitcam.engine.dispatch import (
     _grid_or_error,
     _logits,
     _score_module,
+    _scores,
     _watched,
     explain_tokens,
     readout_from_gradient,
@@ -57,7 +58,8 @@ class Sweep:
         cams: (B, K, D, H, W) the K raw voxel maps of each sample.
         token_cams: K token maps, each (B, d, h, w) on its own grid.
         labels: what each of the K slices is (a layer name, or a class name).
-        logits: (B, classes) the model's output.
+        logits: (B, classes) the scores explained (the score layer's output where one is named).
+        output_logits: the model's own output where a score layer is named.
         class_idx: (B, K) the class each map explains.
         method: the explainer's registry name.
         timings: seconds per stage.
@@ -70,6 +72,13 @@ class Sweep:
     class_idx: torch.Tensor
     method: str
     timings: dict[str, float] = field(default_factory=dict)
+    output_logits: torch.Tensor | None = None
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        """What the model outputs, as probabilities (its own output, not the scores explained)."""
+        scores = self.output_logits if self.output_logits is not None else self.logits
+        return scores.float().softmax(dim=1)
 
 
 def _default_targets(model: nn.Module, x: torch.Tensor, score_layer) -> list[str]:
@@ -128,7 +137,7 @@ def sweep_blocks(
         seen = stack.enter_context(capture_outputs(_watched(model, score_module)))
         start = time.perf_counter()
         xd = x.detach().to(device).clone().requires_grad_(True)
-        logits = _logits(model(xd), seen, score_name)
+        logits, own_logits = _scores(model(xd), seen, score_name)
         timings["forward"] = time.perf_counter() - start
     for name in names:
         if len(outputs[name]) != 1:
@@ -164,6 +173,7 @@ def sweep_blocks(
         class_idx=classes[:, None].expand(-1, len(names)).clone(),
         method=explainer.name,
         timings=timings,
+        output_logits=own_logits,
     )
 
 
@@ -218,7 +228,7 @@ def sweep_classes(
             )  # fmt: skip
             runs.append(run)
         return _stack_classes(runs[0].logits, [r.token_cam for r in runs], [r.cam for r in runs], wanted, class_names,
-                              explainer.name, timings)  # fmt: skip
+                              explainer.name, timings, runs[0].output_logits)  # fmt: skip
     with ExitStack() as stack:
         stack.enter_context(model_lock(model))  # one explanation at a time per model
         stack.enter_context(eval_mode(model))
@@ -236,7 +246,7 @@ def sweep_classes(
             leaf = stack.enter_context(capture_as_leaf(target, target_name))
         start = time.perf_counter()
         xd = x.detach().to(device).clone().requires_grad_(True)
-        logits = _logits(model(xd), seen, score_name)
+        logits, own_logits = _scores(model(xd), seen, score_name)
         timings["forward"] = time.perf_counter() - start
     wanted = list(range(logits.shape[1])) if classes is None else list(classes)
     start = time.perf_counter()
@@ -284,10 +294,10 @@ def sweep_classes(
             cams.append(tokens_to_voxels(token_cam, token_layout.grid, out_shape, mode=upsample))
     _sync(device)
     timings["backward+map"] = time.perf_counter() - start
-    return _stack_classes(logits, token_cams, cams, wanted, class_names, explainer.name, timings)
+    return _stack_classes(logits, token_cams, cams, wanted, class_names, explainer.name, timings, own_logits)
 
 
-def _stack_classes(logits, token_cams, cams, wanted, class_names, method, timings) -> Sweep:
+def _stack_classes(logits, token_cams, cams, wanted, class_names, method, timings, own_logits=None) -> Sweep:
     names = tuple(class_names[c] if c < len(class_names) else class_label(c) for c in wanted)
     batch = logits.shape[0]
     return Sweep(
@@ -298,4 +308,5 @@ def _stack_classes(logits, token_cams, cams, wanted, class_names, method, timing
         class_idx=torch.tensor(wanted, device=logits.device)[None].expand(batch, -1).clone(),
         method=method,
         timings=timings,
+        output_logits=own_logits,
     )
