@@ -173,6 +173,7 @@ def grad_cam(
     out_shape: tuple[int, int, int] | None = None,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
+    placement: tuple[tuple[float, float], ...] | None = None,
 ) -> CamResult:
     """Grad-CAM of ``model`` at ``target_layer`` for input ``x`` (B, C, D, H, W).
 
@@ -181,7 +182,9 @@ def grad_cam(
     the model's output is not (e.g. a head that ends in Tanh or softmax).
     ``layout`` and ``token_grid`` override what is read from the model.
     ``out_shape``: the voxel shape of ``cam`` (default: the input's); another
-    shape is taken to span the same extent (the volume ``x`` was resized from).
+    shape is taken to span the same extent (the volume ``x`` was resized from),
+    unless ``placement`` says where each output voxel lies in the input
+    (:func:`~napari_vitcam.engine.voxel_map.tokens_to_voxels`).
     ``progress`` is called with each stage's name; setting ``cancel`` stops the
     run at the next module call with :class:`~napari_vitcam.core.errors.Cancelled`.
     """
@@ -283,7 +286,7 @@ def grad_cam(
 
             report("upsample")
             start = time.perf_counter()
-            cam = tokens_to_voxels(token_cam, token_layout.grid, out_shape, mode=upsample)
+            cam = tokens_to_voxels(token_cam, token_layout.grid, out_shape, mode=upsample, placement=placement)
             _sync(device)
             timings["upsample"] = time.perf_counter() - start
 
