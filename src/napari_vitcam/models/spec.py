@@ -68,6 +68,16 @@ def _finite_pair(name: str, value: object) -> tuple[float, float]:
     return (float(value[0]), float(value[1]))
 
 
+def orientation_codes(value: object) -> str | None:
+    """``value`` as three upper-case axis codes (one of R/L, A/P and S/I), or None when it is not that."""
+    if not isinstance(value, str) or len(value) != 3:
+        return None
+    codes = value.upper()
+    if any(c not in _AXIS_OF_CODE for c in codes) or {_AXIS_OF_CODE[c] for c in codes} != {0, 1, 2}:
+        return None
+    return codes
+
+
 @dataclass(frozen=True)
 class Normalization:
     """Intensity normalisation applied to the volume before the model sees it.
@@ -167,18 +177,15 @@ class InputSpec:
         self._check_frame()
 
     def _check_frame(self) -> None:
-        codes = self.orientation
-        if codes is not None:
-            if (
-                not isinstance(codes, str)
-                or len(codes) != 3
-                or any(c not in _AXIS_OF_CODE for c in codes.upper())
-                or {_AXIS_OF_CODE[c] for c in codes.upper()} != {0, 1, 2}
-            ):
+        if self.orientation is not None:
+            codes = orientation_codes(self.orientation)
+            if codes is None:
                 raise _wrong(
-                    "input.orientation", 'three axis codes, one of R/L, A/P and S/I (e.g. "RAS") or null', codes
+                    "input.orientation",
+                    'three axis codes, one of R/L, A/P and S/I (e.g. "RAS") or null',
+                    self.orientation,
                 )
-            object.__setattr__(self, "orientation", codes.upper())
+            object.__setattr__(self, "orientation", codes)
         spacing = self.spacing
         if spacing is not None:
             if (
