@@ -24,7 +24,7 @@ from qtpy.QtCore import QObject, Signal
 from napari_vitcam._napari.layer_input import VolumeSelection
 from napari_vitcam._napari.native_libraries import preload_triton
 from napari_vitcam.core.errors import Cancelled, VitcamError
-from napari_vitcam.engine.cam import model_lock
+from napari_vitcam.engine.capture import model_lock
 from napari_vitcam.engine.targets import TargetCandidate
 from napari_vitcam.models.loaded_model import LoadedModel
 from napari_vitcam.models.targets import targets_for

@@ -76,7 +76,7 @@ def axis_matrix(
     rows = torch.arange(n_out, device=device)
     matrix = torch.zeros(n_out, n_tokens, device=device)
     matrix.index_put_((rows, i0), w0, accumulate=True)
-    if i1 is not None:
+    if i1 is not None and w1 is not None:
         matrix.index_put_((rows, i1), w1, accumulate=True)
     return matrix
 
@@ -103,13 +103,13 @@ def tokens_to_voxels(
         raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {mode!r}")
     if tuple(token_map.shape[1:]) != tuple(grid.shape):
         raise ValueError(f"token map shape {tuple(token_map.shape)} does not match grid {grid.shape}")
-    out_shape = tuple(grid.input_shape) if out_shape is None else tuple(int(s) for s in out_shape)
+    shape = tuple(grid.input_shape) if out_shape is None else tuple(int(s) for s in out_shape)
     x = token_map.float()
     # Expand the axes in order of growth, so the largest intermediate comes last.
-    growth = sorted(range(3), key=lambda a: out_shape[a] / grid.shape[a])
+    growth = sorted(range(3), key=lambda a: shape[a] / grid.shape[a])
     for axis in growth:
         matrix = axis_matrix(
-            out_shape[axis],
+            shape[axis],
             grid.shape[axis],
             grid.cell[axis],
             grid.input_shape[axis],

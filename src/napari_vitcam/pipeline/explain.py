@@ -5,14 +5,17 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
 
 from napari_vitcam.core.errors import DeviceOutOfMemoryError, InputError, is_out_of_memory, model_errors_as_input_errors
 from napari_vitcam.core.vocabulary import Triple, class_labels, name_of_class
-from napari_vitcam.engine.cam import Progress, grad_cam, model_lock
-from napari_vitcam.engine.explainers.registry import get_explainer
+from napari_vitcam.engine.cam import Progress
+from napari_vitcam.engine.capture import model_lock
+from napari_vitcam.engine.dispatch import explain_tokens
+from napari_vitcam.engine.explainers import LayerExplainer, get_explainer
 from napari_vitcam.engine.token_grid import TokenGrid
 from napari_vitcam.models.loaded_model import LoadedModel
 from napari_vitcam.pipeline.checks import (
@@ -93,6 +96,7 @@ def explain_volume(
     method: str = "gradcam",
     upsample: str = "smooth",
     device: str | torch.device = "auto",
+    token_grid: tuple[int, int, int] | None = None,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     nonfinite: NonFinite = "error",
@@ -121,13 +125,16 @@ def explain_volume(
     many and where, unless ``nonfinite="replace"`` (NaN by 0, ±Inf by the
     volume's finite extremes). A model whose output or map is not finite is
     an error, never a NaN result. Threads explaining one model take turns.
+    ``method``: any registered explainer (``EXPLAINERS``);
+    attention and perturbation methods need no target layer. ``token_grid``:
+    the model's token grid (d, h, w), when the model does not say it.
     """
     spec = loaded.spec
+    explainer = get_explainer(method)
     target = target_layer or spec.target_layer
-    if not target:
+    if isinstance(explainer, LayerExplainer) and not target:
         raise InputError("no target layer given and the checkpoint recommends none: pass target_layer")
     index = class_index(class_idx, spec.class_names)
-    get_explainer(method)
     upsample = check_upsample(upsample)
     nonfinite = check_nonfinite_choice(nonfinite)
     torch_device = pick_device(device)
@@ -143,16 +150,16 @@ def explain_volume(
         with model_lock(loaded.model):  # another thread's run on this model ends first
             loaded.model.to(torch_device)
             with model_errors_as_input_errors(tuple(x.shape)):
-                result = grad_cam(
+                result = explain_tokens(
                     loaded.model,
                     x,
-                    target,
+                    explainer,
+                    target if isinstance(explainer, LayerExplainer) else None,
                     index,
                     upsample=upsample,
-                    method=method,
                     score_layer=spec.score_layer,
-                    out_shape=out_shape,
-                    placement=plan.placement,
+                    token_grid=token_grid,
+                    out_shape=cast(Triple, out_shape) if plan.placement is None else None,
                     progress=report,
                     cancel=cancel,
                 )
@@ -160,9 +167,9 @@ def explain_volume(
         scores = result.output_logits if result.output_logits is not None else result.logits
         check_finite_output("output", scores)
         check_finite_output("score", result.logits)
-        check_finite_output("map", result.cam)
         start = time.perf_counter()
-        cam = result.cam[0]
+        cam = result.cam[0] if plan.placement is None else plan.map_back(result.token_cam[:1], result.grid, upsample)
+        check_finite_output("map", cam)
         raw_max = float(cam.max())
         heatmap = (cam.div_(raw_max) if raw_max > 0 else cam.zero_()).cpu().numpy()
         timings.update(result.timings)

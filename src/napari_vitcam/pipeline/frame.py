@@ -34,7 +34,7 @@ start, or minus the padding before), so the volume is interpolated once
 the heatmap is mapped back once: volume voxel ``u`` lies at model input
 coordinate ``m = u * s_k / t_k - offset + 0.5`` (voxel ``j`` spans
 ``[j, j + 1)``), where :func:`~napari_vitcam.engine.voxel_map.tokens_to_voxels`
-samples the token map directly (:attr:`FramePlan.placement`). Voxels the
+samples the token map directly (:meth:`FramePlan.map_back`). Voxels the
 model did not see (cropped away) get 0.
 """
 
@@ -49,7 +49,9 @@ import numpy as np
 import torch
 
 from napari_vitcam.core.errors import InputError
-from napari_vitcam.core.vocabulary import Triple
+from napari_vitcam.core.vocabulary import Triple, Upsample
+from napari_vitcam.engine.token_grid import TokenGrid
+from napari_vitcam.engine.voxel_map import tokens_to_voxels
 from napari_vitcam.models.spec import InputSpec
 
 #: Each orientation letter: (the RAS axis it runs along, +1 toward R/A/S or -1 toward L/P/I).
@@ -192,6 +194,8 @@ class FramePlan:
     turn: Reorientation | None
     axes: tuple[AxisFit, AxisFit, AxisFit] | None
     report: dict[str, Any]
+    shape: Triple | None = None
+    """The reoriented volume's spatial shape (with ``axes``)."""
 
     @property
     def placement(self) -> tuple[tuple[float, float], ...] | None:
@@ -199,6 +203,11 @@ class FramePlan:
         if self.axes is None:
             return None
         return tuple((1.0 / axis.scale, 0.5 - axis.offset) for axis in self.axes)
+
+    def map_back(self, token_map: torch.Tensor, grid: TokenGrid, upsample: Upsample) -> torch.Tensor:
+        """A (1, d, h, w) token map on the reoriented volume's voxels (one interpolation; cropped voxels get 0)."""
+        assert self.axes is not None and self.shape is not None
+        return tokens_to_voxels(token_map, grid, self.shape, mode=upsample, placement=self.placement)[0]
 
     def orient(self, volume: Any) -> Any:
         """``volume`` ((D, H, W) or (C, D, H, W)) in the model's orientation (a view)."""
@@ -266,7 +275,9 @@ def plan_frame(
     axes = tuple(_fit_axis(oriented_shape[k], spec_input.spatial_size[k], scales[k]) for k in range(3))
     report["resampled_shape"] = [axis.length for axis in axes]
     report["crop_start"] = [axis.offset for axis in axes]  # negative: padding before
-    return FramePlan(turn, (axes[0], axes[1], axes[2]), report)
+    return FramePlan(
+        turn, (axes[0], axes[1], axes[2]), report, (oriented_shape[0], oriented_shape[1], oriented_shape[2])
+    )
 
 
 def _mm(spacing: tuple[float, float, float]) -> str:
