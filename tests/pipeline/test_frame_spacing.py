@@ -170,3 +170,20 @@ def test_old_specs_explain_as_before(tmp_path):
     )
     torch.testing.assert_close(plain, resized, atol=1e-5, rtol=1e-5)
     assert "frame_note" not in nv.explain_volume(loaded, volume, device="cpu").preprocessing
+
+
+@pytest.mark.parametrize("method", ["rollout", "occlusion", "scorecam"])
+def test_every_method_maps_back_onto_the_source_grid(spaced, method):
+    """Attention and perturbation methods too: the map is made from their token map, cropped voxels get 0."""
+    affine = AFFINES["permuted and flipped"]
+    volume = np.random.default_rng(7).normal(size=(30, 20, 9)).astype(np.float32)
+    result = nv.explain_volume(spaced, volume, affine=affine, device="cpu", method=method, upsample="patch")
+    assert result.heatmap.shape == volume.shape and np.isfinite(result.heatmap).all()
+    _, model_affine = monai_input(volume, affine)
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in volume.shape], indexing="ij"), -1).reshape(-1, 3)
+    m = (np.c_[index, np.ones(len(index))] @ affine.T @ np.linalg.inv(model_affine).T)[:, :3] + 0.5
+    seen = np.all((m >= 0) & (m < np.array(SIZE)), axis=1)
+    tokens = np.floor(m[seen] / 8).astype(int)
+    expected = np.zeros(len(index), dtype=np.float32)
+    expected[seen] = result.token_cam[tokens[:, 0], tokens[:, 1], tokens[:, 2]] / result.raw_max
+    np.testing.assert_allclose(result.heatmap.reshape(-1), expected, atol=1e-5)
