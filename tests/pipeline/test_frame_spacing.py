@@ -187,3 +187,15 @@ def test_every_method_maps_back_onto_the_source_grid(spaced, method):
     expected = np.zeros(len(index), dtype=np.float32)
     expected[seen] = result.token_cam[tokens[:, 0], tokens[:, 1], tokens[:, 2]] / result.raw_max
     np.testing.assert_allclose(result.heatmap.reshape(-1), expected, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_resampling_runs_on_the_device_and_agrees_with_the_cpu(spaced):
+    volume = np.random.default_rng(8).normal(size=(30, 20, 9)).astype(np.float32)
+    affine = AFFINES["oblique"]
+    on_gpu = model_input(spaced, volume, affine=affine, device="cuda")
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), model_input(spaced, volume, affine=affine, device="cpu"))
+    gpu = nv.explain_volume(spaced, volume, affine=affine, device="cuda")
+    cpu = nv.explain_volume(spaced, volume, affine=affine, device="cpu")
+    np.testing.assert_allclose(gpu.heatmap, cpu.heatmap, atol=1e-3)
