@@ -199,3 +199,18 @@ def test_the_resampling_runs_on_the_device_and_agrees_with_the_cpu(spaced):
     gpu = nv.explain_volume(spaced, volume, affine=affine, device="cuda")
     cpu = nv.explain_volume(spaced, volume, affine=affine, device="cpu")
     np.testing.assert_allclose(gpu.heatmap, cpu.heatmap, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("affine", "expected"),
+    [
+        (np.eye(3), "the affine must be a finite 4x4 matrix"),
+        (np.diag([1.0, np.nan, 1.0, 1.0]), "the affine must be a finite 4x4 matrix"),
+        (np.diag([1.0, 0.0, 1.0, 1.0]), "fewer than 3 directions"),
+    ],
+)
+def test_a_wrong_affine_is_refused_in_one_line(spaced, affine, expected):
+    from napari_vitcam.core.errors import InputError
+
+    with pytest.raises(InputError, match=expected):
+        nv.explain_volume(spaced, np.zeros((8, 8, 8), np.float32), affine=affine, device="cpu")

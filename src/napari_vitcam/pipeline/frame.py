@@ -259,6 +259,7 @@ def plan_frame(
         )
     elif declared and affine_ras is not None and shape is not None:
         assert frame is not None
+        affine_ras = _checked_affine(affine_ras)
         turn = reorientation(affine_ras, frame)
         if frame.orientation is not None:
             report["reorientation"] = {"order": list(turn.order), "flips": list(turn.flips)}
@@ -278,6 +279,16 @@ def plan_frame(
     return FramePlan(
         turn, (axes[0], axes[1], axes[2]), report, (oriented_shape[0], oriented_shape[1], oriented_shape[2])
     )
+
+
+def _checked_affine(affine_ras: Any) -> np.ndarray:
+    """``affine_ras`` as a 4x4 float array with finite values and three axes of non-zero length."""
+    affine = np.asarray(affine_ras, dtype=float)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise InputError(f"the affine must be a finite 4x4 matrix (voxel to RAS mm), got shape {affine.shape}")
+    if np.linalg.matrix_rank(affine[:3, :3]) < 3:
+        raise InputError("the affine maps the voxel axes onto fewer than 3 directions: give the scan's true affine")
+    return affine
 
 
 def _mm(spacing: tuple[float, float, float]) -> str:
