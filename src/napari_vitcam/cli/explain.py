@@ -1,4 +1,17 @@
-"""``napari-vitcam explain``: a heatmap for a volume file, with no GUI."""
+"""``napari-vitcam explain``: a heatmap for a volume file, with no GUI.
+
+Everything that can be checked without the model is checked before it is
+loaded: the volume is read (``.npy``, ``.npz``, NIfTI, DICOM series), the
+output's format, folder and name are checked (never an input, never an
+existing file without ``--force``). The heatmap is written atomically to
+exactly the file named, with the volume's geometry where the format keeps it
+(NIfTI), and the JSON summary names that file.
+
+A volume with geometry (NIfTI, DICOM) is given to the model with its axes in
+world order, exactly as the napari reader shows it, so the command line and
+the widget explain the same array; the heatmap is written back in the file's
+own axis order, with the file's affine.
+"""
 
 from __future__ import annotations
 
@@ -7,67 +20,148 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 from napari_vitcam.core.errors import VitcamError
-from napari_vitcam.core.vocabulary import UPSAMPLE_MODES
+from napari_vitcam.core.vocabulary import UPSAMPLE_MODES, one_line
+from napari_vitcam.pipeline.frame import ModelFrame
+from napari_vitcam.volumes.base import Volume, json_ready, path_suffix
+from napari_vitcam.volumes.geometry import world_view
+from napari_vitcam.volumes.registry import read_volume, reader_for, writer_suffixes
+from napari_vitcam.volumes.writing import check_output, write_heatmap
+
+PROG = "napari-vitcam explain"
 
 
-def read_volume(path: Path) -> np.ndarray:
-    """A volume from .npy, or the first array of an .npz."""
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            return data[data.files[0]]
-    raise VitcamError(f"cannot read {path.name}: give a .npy or .npz volume")
+def default_output(source: Path, volume: Volume) -> Path:
+    """Beside the input: ``NAME.heatmap.nii.gz`` for a volume with geometry, else ``NAME.heatmap.npy``."""
+    source = Path(source)
+    if source.is_dir():
+        stem = source.name
+    else:
+        suffix = path_suffix(source, reader_for(source).suffixes) or source.suffix
+        stem = source.name[: len(source.name) - len(suffix)] if suffix else source.name
+    ending = ".heatmap.nii.gz" if volume.affine is not None else ".heatmap.npy"
+    return source.parent / f"{stem}{ending}"
+
+
+def provenance_of(result: Any, loaded: Any, volume: Volume) -> dict[str, Any]:
+    """What made the heatmap, stored in the file where the format allows (JSON-ready)."""
+    return json_ready(
+        {
+            "generator": "napari-vitcam",
+            "method": result.method,
+            "target_layer": result.target_layer,
+            "class_index": result.class_idx,
+            "class_name": result.class_name,
+            "predicted_class": result.predicted_name,
+            "probabilities": dict(result.ranked_probabilities),
+            "raw_max": result.raw_max,
+            "upsample": result.upsample,
+            "checkpoint": str(loaded.source) if loaded.source is not None else None,
+            "checkpoint_sha256": dict(loaded.sha256),
+            "preprocessing": dict(result.preprocessing),
+            "volume": {k: v for k, v in volume.describe().items() if k != "affine_ras"},
+        }
+    )
+
+
+def _model_axes(volume: Volume, frame: ModelFrame | None) -> str:
+    if volume.affine is None:
+        return "file order (no geometry)"
+    if frame is not None:
+        return f"reoriented to {frame.orientation}"
+    return "world order (S, P, L), as napari shows it"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="napari-vitcam explain", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("checkpoint", type=Path, help="native checkpoint, MONAI bundle folder or weights file")
-    parser.add_argument("volume", type=Path, help="volume as .npy or .npz, (D, H, W) or (C, D, H, W)")
-    parser.add_argument("-o", "--output", type=Path, default=None, help="heatmap .npy (default: VOLUME.heatmap.npy)")
+    parser.add_argument(
+        "volume",
+        type=Path,
+        help=".npy/.npz ((D, H, W) or (C, D, H, W)), NIfTI (.nii, .nii.gz), or a DICOM series (folder or one file)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help=f"heatmap file, its suffix chooses the format: {', '.join(writer_suffixes())} "
+        "(default: beside the volume, NAME.heatmap.nii.gz with geometry, else NAME.heatmap.npy)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    parser.add_argument("--key", default=None, help="the array to explain in an .npz holding several")
     parser.add_argument("--target", default=None, help="target layer (default: the checkpoint's recommendation)")
     parser.add_argument("--class", dest="class_idx", default=None, help="class name or index (default: predicted)")
     parser.add_argument("--method", default="gradcam")
     parser.add_argument("--upsample", default="smooth", choices=UPSAMPLE_MODES)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--orientation",
+        default=None,
+        metavar="CODES",
+        help="the orientation the model was trained on, e.g. RAS: a NIfTI/DICOM scan is reoriented to it "
+        "(default: the axes in world order S, P, L, as napari shows them)",
+    )
     parser.add_argument("--trust", action="store_true", help="allow full unpickling (only for files you trust)")
     args = parser.parse_args(argv)
-
-    from napari_vitcam.models.checkpoint import load_checkpoint
-    from napari_vitcam.pipeline.explain import explain_volume
 
     class_idx = args.class_idx
     if class_idx is not None and class_idx.lstrip("-").isdigit():
         class_idx = int(class_idx)
     try:
+        volume = read_volume(args.volume, key=args.key)
+        output = args.output if args.output is not None else default_output(args.volume, volume)
+        frame = ModelFrame(args.orientation) if args.orientation else None  # checked before anything is loaded
+        read_from = [Path(p) for p in volume.metadata.get("paths", ())]  # every file of a DICOM series
+        inputs = (args.volume, args.checkpoint, *read_from)
+        writer = check_output(output, inputs=inputs, force=args.force, source=volume)
+
+        from napari_vitcam.models.checkpoint import load_checkpoint
+        from napari_vitcam.pipeline.explain import explain_volume
+
         loaded = load_checkpoint(args.checkpoint, trust=args.trust)
+        # without a declared frame, the same array napari shows and explains; with one, the frame decides
+        view = world_view(volume.array, volume.affine if frame is None else None)
         result = explain_volume(
             loaded,
-            read_volume(args.volume),
+            view.array,
             target_layer=args.target,
             class_idx=class_idx,
             method=args.method,
             upsample=args.upsample,
             device=args.device,
+            affine=volume.affine,
+            frame=frame,
+        )
+        written = write_heatmap(
+            output,
+            view.to_file(result.heatmap),
+            affine=volume.affine,
+            provenance=provenance_of(result, loaded, volume),
+            force=args.force,
+            source=volume,
         )
     except (VitcamError, OSError) as error:
-        print(f"napari-vitcam explain: {error}", file=sys.stderr)
+        print(f"{PROG}: {one_line(error, limit=400)}", file=sys.stderr)
         return 1
-    output = args.output or args.volume.with_suffix(".heatmap.npy")
-    np.save(output, result.heatmap)
-    summary = {
-        "heatmap": str(output),
-        "predicted": result.predicted_name,
-        "explained_class": result.class_name,
-        "target_layer": result.target_layer,
-        "raw_max": result.raw_max,
-        "probabilities": dict(result.ranked_probabilities),
-        "device": result.device,
-    }
-    print(json.dumps(summary, indent=2))
+    summary = json_ready(
+        {
+            "heatmap": str(written),
+            "format": writer.name,
+            "volume": volume.describe(),
+            "predicted": result.predicted_name,
+            "explained_class": result.class_name,
+            "target_layer": result.target_layer,
+            "raw_max": result.raw_max,
+            "probabilities": dict(result.ranked_probabilities),
+            "device": result.device,
+            "model_input_axes": _model_axes(volume, frame),
+            **({"frame_note": result.preprocessing["frame_note"]} if "frame_note" in result.preprocessing else {}),
+        }
+    )
+    print(json.dumps(summary, indent=2, allow_nan=False))
     return 0

@@ -22,6 +22,7 @@ from napari_vitcam.pipeline.checks import (
     class_index,
 )
 from napari_vitcam.pipeline.devices import pick_device, release_device_memory
+from napari_vitcam.pipeline.frame import ModelFrame, frame_for
 from napari_vitcam.pipeline.preprocess import as_array, prepare_input
 
 
@@ -91,6 +92,8 @@ def explain_volume(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     nonfinite: NonFinite = "error",
+    affine: np.ndarray | None = None,
+    frame: ModelFrame | None = None,
 ) -> VolumeExplanation:
     """Explain ``volume`` ((D, H, W), or (C, D, H, W) for a C-channel model).
 
@@ -101,7 +104,10 @@ def explain_volume(
     the model is moved there and stays there. Out of GPU memory raises
     :class:`~napari_vitcam.core.errors.DeviceOutOfMemoryError` after releasing the
     memory the run held (the model goes back to the CPU); retry with
-    ``device="cpu"``.
+    ``device="cpu"``. ``frame``: the orientation the model was trained on
+    (:mod:`napari_vitcam.pipeline.frame`); with the volume's voxel-to-RAS
+    ``affine`` the volume is reoriented into it (exactly: axes permuted and
+    flipped) and the heatmap comes back on the volume's own grid.
 
     Arguments are checked before the model runs. A volume with NaN or ±Inf
     voxels (or float64 values beyond float32's range) is refused, saying how
@@ -121,6 +127,8 @@ def explain_volume(
     report = progress or (lambda stage: None)
     if isinstance(volume, torch.Tensor):
         volume = as_array(volume)  # a tensor may require grad or live on a GPU
+    turn, frame_report = frame_for(frame, affine)
+    volume = turn.apply(volume) if turn is not None else volume
     out_shape = _spatial_shape(volume)
     timings: dict[str, float] = {}
     try:
@@ -170,7 +178,7 @@ def explain_volume(
             str(torch_device),
         ) from None
     return VolumeExplanation(
-        heatmap=heatmap.astype(np.float32, copy=False),
+        heatmap=(turn.undo(heatmap) if turn is not None else heatmap).astype(np.float32, copy=False),
         raw_max=raw_max,
         predicted_class=int(np.argmax(probabilities)),
         class_idx=int(result.class_idx[0]),
@@ -188,6 +196,7 @@ def explain_volume(
             "resize_mode": spec.input.resize_mode,
             "normalize_first": spec.input.normalize_first,
             "volume_shape": list(np.shape(volume)),
+            **frame_report,
         },
         timings=timings,
         score_layer=result.score_layer,
