@@ -146,7 +146,7 @@ def _client(
         n_workers=count,
         threads_per_worker=1,
         processes=in_processes,
-        dashboard_address=None,
+        dashboard_address=":0",
         silence_logs=logging.ERROR,
     )
     local = distributed.Client(cluster)
@@ -333,7 +333,7 @@ def run_batch(
     with hold_lock(out):
         removed = remove_partials(out)
         with _client(client, scheduler, workers, processes, device) as (dask_client, threads):
-            worker_count = len(dask_client.scheduler_info().get("workers", {}))
+            worker_count = len(dask_client.nthreads())
             if worker_count == 0:
                 raise InputError("the Dask cluster has no workers: start some with 'dask worker SCHEDULER_ADDRESS'")
             unseen = {p for missing in dask_client.run(_sees, [str(checkpoint), str(out)]).values() for p in missing}
