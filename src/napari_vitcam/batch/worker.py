@@ -95,14 +95,14 @@ def cached_model(settings: BatchSettings) -> tuple[LoadedModel, bool]:
 
 
 def worker_device(requested: str) -> str:
-    """The device this worker uses: with ``auto`` and several GPUs, a local cluster's worker N takes GPU N."""
-    if requested != "auto" or not torch.cuda.is_available():
+    """The device this worker uses: with ``auto`` or ``cuda`` and several GPUs, a local cluster's worker N takes GPU N."""
+    if requested not in ("auto", "cuda") or not torch.cuda.is_available():
         return requested
     count = torch.cuda.device_count()
     _, name = _worker()
     if count > 1 and isinstance(name, int):
         return f"cuda:{name % count}"
-    return "auto"
+    return requested
 
 
 def _class_value(value: int | str | None) -> int | str | None:
@@ -278,7 +278,8 @@ def _compute(case: Case, settings: BatchSettings, outdir: Path, started: float) 
         source=volume,
     )
     thumb_path = outdir / THUMBNAILS_FOLDER / f"{case.name}.png"
-    atomic_write(thumb_path, thumbnail(view.array, result.heatmap))
+    shown = world_view(volume.array, volume.affine)  # axial slices first, whatever the model's frame
+    atomic_write(thumb_path, thumbnail(shown.array, np.transpose(in_file_order, shown.order)))
     timings["write"] = time.perf_counter() - clock
 
     metrics = None
