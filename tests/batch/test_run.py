@@ -132,7 +132,7 @@ def test_bad_options_are_refused_before_any_scan_is_read(cohort: Cohort, dask_cl
         run_batch(cohort.checkpoint, cohort.scans, out, client=dask_client, table_format="xlsx")
     with pytest.raises(CheckpointError):
         run_batch(tmp_path / "none.safetensors", cohort.scans, out, client=dask_client)
-    assert not list((out / CASES_FOLDER).glob("*"))  # nothing was explained
+    assert not out.exists()  # refused before anything was written
 
 
 def test_a_second_run_on_the_same_folder_is_refused_while_one_runs(cohort: Cohort, dask_client):
@@ -140,6 +140,23 @@ def test_a_second_run_on_the_same_folder_is_refused_while_one_runs(cohort: Cohor
     out.mkdir()
     with hold_lock(out), pytest.raises(InputError, match="another batch is writing"):
         run_batch(cohort.checkpoint, cohort.scans, out, client=dask_client)
+
+
+def test_a_dicom_series_folder_is_one_case_with_a_nifti_heatmap(tmp_path: Path, dask_client):
+    from napari_vitcam.demo.volumes import make_volume
+    from napari_vitcam.testing.scans import write_ct_series
+
+    cohort = make_cohort(tmp_path / "cohort", count=1)
+    stored = np.round(make_volume(7, 16).volume * 100).astype(np.int16)
+    series = cohort.scans / "series"
+    write_ct_series(series, stored)
+    frame = explain_many(cohort.checkpoint, cohort.scans, tmp_path / "out", client=dask_client, device="cpu")
+    row = frame[frame["name"] == "series"].iloc[0]
+    assert row["status"] == "ok" and row["heatmap"] == "heatmaps/series.heatmap.nii.gz"
+    _, expected, volume = one_by_one(cohort.checkpoint, series)
+    written = read_volume(tmp_path / "out" / row["heatmap"])
+    np.testing.assert_allclose(written.array, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(written.affine, volume.affine, atol=1e-4)
 
 
 def test_two_scans_with_one_name_get_two_heatmaps(tmp_path: Path, dask_client):

@@ -309,8 +309,7 @@ def run_batch(
         orientation = ModelFrame(orientation).orientation
     if tolerance is not None and not tolerance >= 0:
         raise InputError(f"tolerance {tolerance} is negative or not a number: give a distance in voxels (>= 0)")
-    out = prepare_outdir(Path(outdir))
-    cases = find_cases(inputs, exclude=out)
+    cases = find_cases(inputs, exclude=Path(outdir).expanduser().resolve())
     _distributed()
     checkpoint = Path(checkpoint).expanduser().resolve()
 
@@ -328,6 +327,7 @@ def run_batch(
     class_names = tuple(loaded.class_names)
     digests = dict(loaded.sha256)
     del loaded
+    out = prepare_outdir(Path(outdir))  # created only once everything above is right
 
     run_id = uuid.uuid4().hex[:12]
     with hold_lock(out):
