@@ -130,6 +130,10 @@ def test_bad_options_are_refused_before_any_scan_is_read(cohort: Cohort, dask_cl
         run_batch(cohort.checkpoint, cohort.scans, out, client=dask_client, class_idx="tumour")
     with pytest.raises(InputError, match="parquet or csv"):
         run_batch(cohort.checkpoint, cohort.scans, out, client=dask_client, table_format="xlsx")
+    with pytest.raises(InputError, match="at least 1"):
+        run_batch(cohort.checkpoint, cohort.scans, out, workers=0)
+    with pytest.raises(InputError, match="dask worker"):
+        run_batch(cohort.checkpoint, cohort.scans, out, workers=2, scheduler="tcp://127.0.0.1:8786")
     with pytest.raises(CheckpointError):
         run_batch(tmp_path / "none.safetensors", cohort.scans, out, client=dask_client)
     assert not out.exists()  # refused before anything was written

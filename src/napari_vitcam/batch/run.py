@@ -138,8 +138,6 @@ def _client(
             remote.close()
         return
     count = workers if workers is not None else default_workers(device)
-    if count < 1:
-        raise InputError(f"--workers {count}: give at least 1")
     in_processes = True if processes is None else processes
     threads = max(1, (os.cpu_count() or 1) // count) if in_processes else None
     cluster = distributed.LocalCluster(
@@ -309,6 +307,12 @@ def run_batch(
         orientation = ModelFrame(orientation).orientation
     if tolerance is not None and not tolerance >= 0:
         raise InputError(f"tolerance {tolerance} is negative or not a number: give a distance in voxels (>= 0)")
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers {workers}: give at least 1")
+    if workers is not None and (scheduler or client is not None):
+        raise InputError("--workers sizes a local cluster: with a running scheduler, start workers with 'dask worker'")
+    if scheduler and client is not None:
+        raise InputError("give a scheduler address or a client, not both")
     cases = find_cases(inputs, exclude=Path(outdir).expanduser().resolve())
     _distributed()
     checkpoint = Path(checkpoint).expanduser().resolve()
