@@ -1,11 +1,13 @@
 """Batch throughput on the CPU: volumes per second with 1 and 2 Dask workers, and the memory of a worker.
 
-    python benchmarks/batch_throughput.py [--volumes 24] [--size 64] [--checkpoint PATH] [--in-process]
+    python benchmarks/batch_throughput.py [--volumes 24] [--size 64] [--checkpoint PATH] [--variants 1x1,1x2,2x1]
 
-For each worker count a fresh local cluster (worker processes, one torch
-thread per core share) first explains a warm-up batch, so that every worker has
+Each variant ``WxT`` is W worker processes with T torch threads each
+(``1x2`` and ``2x1`` on two cores are what a local batch chooses for 1 and 2
+workers; ``1x1`` against ``2x1`` isolates the worker count). For each, a
+fresh local cluster first explains a warm-up batch, so that every worker has
 loaded the model; then a fresh output folder of ``--volumes`` demo volumes is
-timed from submission to the last record. Cluster start-up and model loading
+timed from the call to the table (the client's checkpoint check included). Cluster start-up and model loading
 are reported apart. Memory per worker is the worker process's resident-memory
 high-water mark (``ru_maxrss``): interpreter, torch, the model and the
 volumes it explained. The markdown table goes to stdout, progress to stderr.
@@ -14,7 +16,6 @@ volumes it explained. The markdown table goes to stdout, progress to stderr.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -66,7 +67,9 @@ def default_checkpoint(folder: Path, size: int) -> Path:
     return save_checkpoint(folder / "vit.safetensors", tiny_vit(size=size, patch=patch, width=32, depth=2))
 
 
-def measure(checkpoint: Path, scans: Path, warmup: Path, root: Path, workers: int, in_process: bool) -> dict:
+def measure(
+    checkpoint: Path, scans: Path, warmup: Path, root: Path, workers: int, threads: int, in_process: bool
+) -> dict:
     """Start-up, steady throughput and peak worker memory of one cluster size."""
     import distributed
 
@@ -78,15 +81,15 @@ def measure(checkpoint: Path, scans: Path, warmup: Path, root: Path, workers: in
     )
     client = distributed.Client(cluster)
     try:
-        threads = max(1, (os.cpu_count() or 1) // workers)
         if not in_process:
             client.run(_set_threads, threads)
         started = time.perf_counter() - start
         clock = time.perf_counter()
-        run_batch(checkpoint, warmup, root / f"warmup-{workers}", client=client, device="cpu", table_format="csv")
+        name = f"{workers}x{threads}"
+        run_batch(checkpoint, warmup, root / f"warmup-{name}", client=client, device="cpu", table_format="csv")
         warm = time.perf_counter() - clock
         clock = time.perf_counter()
-        run = run_batch(checkpoint, scans, root / f"out-{workers}", client=client, device="cpu", table_format="csv")
+        run = run_batch(checkpoint, scans, root / f"out-{name}", client=client, device="cpu", table_format="csv")
         seconds = time.perf_counter() - clock
         peaks = list(client.run(_peak_rss).values())
     finally:
@@ -102,7 +105,7 @@ def measure(checkpoint: Path, scans: Path, warmup: Path, root: Path, workers: in
         "startup": started,
         "warmup": warm,
         "peak_rss": max(peaks),
-        "threads": threads if not in_process else None,
+        "threads": threads,
     }
 
 
@@ -110,15 +113,16 @@ def rows_for(results: Sequence[dict], size: int, in_process: bool) -> list[Row]:
     base = results[0]["rate"]
     rows = []
     for result in results:
-        where = "threads of one process" if in_process else f"processes, {result['threads']} torch thread(s) each"
+        where = "threads of one process" if in_process else "processes"
+        threads = "" if in_process else f", {result['threads']} torch thread(s) each"
         rows.append(
             Row(
                 row="5",
                 benchmark="batch throughput (CPU)",
-                case=f"{result['volumes']} volumes of {size}^3, {result['workers']} worker(s)",
+                case=f"{result['volumes']} volumes of {size}^3, {result['workers']} worker(s){threads}",
                 result=f"{result['rate']:.2f} volumes/s (x{result['rate'] / base:.2f})",
                 details=(
-                    f"{where}; memory per worker {fmt_bytes(result['peak_rss'])} (peak RSS); "
+                    f"workers as {where}; memory per worker {fmt_bytes(result['peak_rss'])} (peak RSS); "
                     f"cluster start {result['startup']:.1f} s, warm-up batch (model load) {result['warmup']:.1f} s"
                 ),
             )
@@ -131,10 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--volumes", type=int, default=24)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--checkpoint", type=Path, default=None)
-    parser.add_argument("--workers", default="1,2", help="worker counts to compare")
+    parser.add_argument(
+        "--variants", default="1x1,1x2,2x1", help="WORKERSxTHREADS to compare (torch threads per worker)"
+    )
     parser.add_argument("--in-process", action="store_true", help="workers as threads (a smoke run only)")
     args = parser.parse_args(argv)
-    counts = [int(n) for n in args.workers.split(",")]
+    variants = [tuple(int(n) for n in v.split("x")) for v in args.variants.split(",")]
+    counts = [w for w, _ in variants]
     with tempfile.TemporaryDirectory(prefix="vitcam-batch-bench-") as name:
         root = Path(name)
         checkpoint = args.checkpoint or default_checkpoint(root, args.size)
@@ -142,9 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         scans = write_volumes(root / "scans", args.volumes, args.size)
         warmup = write_volumes(root / "warmup", 2 * max(counts), args.size, first_seed=100_000)
         results = []
-        for count in counts:
-            print(f"{count} worker(s)...", file=sys.stderr)
-            results.append(measure(checkpoint, scans, warmup, root, count, args.in_process))
+        for workers, threads in variants:
+            print(f"{workers} worker(s) x {threads} thread(s)...", file=sys.stderr)
+            results.append(measure(checkpoint, scans, warmup, root, workers, threads, args.in_process))
     print(format_table(rows_for(results, args.size, args.in_process)))
     print()
     print(format_machine(machine_description()))

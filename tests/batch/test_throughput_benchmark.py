@@ -6,7 +6,7 @@ from benchmarks import batch_throughput
 
 
 def test_the_benchmark_prints_a_row_per_worker_count(capsys):
-    assert batch_throughput.main(["--volumes", "2", "--size", "16", "--workers", "1,2", "--in-process"]) == 0
+    assert batch_throughput.main(["--volumes", "2", "--size", "16", "--variants", "1x1,2x1", "--in-process"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| 5 |")]
     assert len(rows) == 2
