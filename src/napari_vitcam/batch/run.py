@@ -102,12 +102,12 @@ def _check_format(table_format: str) -> str:
 
 
 def default_workers(device: str) -> int:
-    """One worker per GPU when the device may be a GPU and there are GPUs, else half the cores (1 to 4)."""
+    """One worker per GPU when the device may be a GPU and there are GPUs, else one per core, at most 4."""
     import torch
 
     if device != "cpu" and torch.cuda.is_available() and not device.startswith("cuda:"):
         return torch.cuda.device_count()
-    return max(1, min(4, (os.cpu_count() or 1) // 2))
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def _sees(paths: list[str]) -> list[str]:
@@ -455,7 +455,7 @@ def explain_many(
         tolerance: the pointing game's tolerance in voxels (default: half a token).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
         trust: allow full unpickling of the checkpoint (only for files you trust).
-        workers: local cluster size (default: one per GPU, else half the cores, at most 4).
+        workers: local cluster size (default: one per GPU, else one per core, at most 4).
         scheduler: the address of a running Dask scheduler (``tcp://host:8786``) instead of a local cluster.
         client: a :class:`distributed.Client` to use instead.
         processes: a local cluster's workers as processes (default) or as threads of this process.

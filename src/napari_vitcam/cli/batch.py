@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1...")
     parser.add_argument("--trust", action="store_true", help="allow full unpickling (only for files you trust)")
     parser.add_argument(
-        "--workers", type=int, default=None, help="local workers (default: one per GPU, else half the cores, at most 4)"
+        "--workers", type=int, default=None, help="local workers (default: one per GPU, else one per core, at most 4)"
     )
     parser.add_argument(
         "--scheduler", default=None, metavar="ADDRESS", help="use a running Dask scheduler, e.g. tcp://host:8786"
