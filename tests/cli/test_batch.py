@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import distributed
@@ -55,3 +56,20 @@ def test_batch_refuses_bad_input_in_one_line_before_any_work(tmp_path: Path, cap
     assert main(args) == 1
     assert "unknown method 'magic'" in capsys.readouterr().err
     assert not list((out / ".cases").glob("*"))
+
+
+def test_batch_on_worker_processes_loads_the_model_once_per_process(tmp_path: Path, capsys):
+    """The default local cluster: worker processes, sent paths, each loading the model once."""
+    import json
+
+    cohort = make_cohort(tmp_path / "cohort", count=3)
+    out = tmp_path / "out"
+    args = ["batch", str(cohort.checkpoint), str(cohort.table), "-o", str(out), "--workers", "2", "--device", "cpu"]
+    assert main([*args, "--no-progress"]) == 0
+    assert "4 cases: 4 explained" in capsys.readouterr().out
+    records = [json.loads(p.read_text()) for p in (out / ".cases").glob("*.json")]
+    assert len(records) == 4 and all(r["status"] == "ok" and r["metrics"] for r in records)
+    pids = {r["pid"] for r in records}
+    assert os.getpid() not in pids  # explained in other processes
+    loads = [r["pid"] for r in records if r["model_loaded_here"]]
+    assert sorted(loads) == sorted(pids)  # once per process that took cases
