@@ -14,7 +14,7 @@ from tests.batch.cohort import Cohort
 
 from napari_vitcam.batch import find_cases, run_batch
 from napari_vitcam.batch.ledger import atomic_write, file_digest
-from napari_vitcam.batch.report import encode_png, overlay
+from napari_vitcam.batch.report import encode_png, overlay, thumbnail
 from napari_vitcam.core.errors import InputError
 
 
@@ -51,6 +51,18 @@ def test_the_overlay_shows_the_scan_in_grey_and_the_heat_in_colour():
     assert (cold[:, 0] == cold[:, 1]).all() and (cold[:, 1] == cold[:, 2]).all()  # grey where there is no heat
     hot = rgb[4, 4]
     assert hot[0] > hot[2]  # warm colour at the hot pixel
+
+
+def test_the_thumbnail_adds_the_slice_of_the_peak_when_it_is_not_the_middle():
+    scan = np.random.default_rng(1).normal(size=(9, 12, 10))
+    heat = np.zeros((9, 12, 10))
+    heat[4, 6, 5] = 1.0  # the middle slice
+    alone = decode_png(thumbnail(scan, heat))
+    heat[4, 6, 5], heat[7, 2, 2] = 0.5, 1.0
+    both = decode_png(thumbnail(scan, heat))
+    assert alone.shape[1] == alone.shape[0] * 10 // 12
+    assert both.shape == (alone.shape[0], 2 * alone.shape[1] + 4, 3)
+    np.testing.assert_array_equal(both[:, alone.shape[1] : alone.shape[1] + 4], 255)  # the white gap
 
 
 def test_cases_from_a_folder_a_glob_and_a_csv(cohort: Cohort):

@@ -1,5 +1,8 @@
 """The run's report: one self-contained HTML page, one row per case, the scan's middle axial slice under its heatmap.
 
+Beside the middle slice, the axial slice through the heatmap's maximum (when
+it is another one), so that a lesion away from the middle is seen too.
+
 Thumbnails are PNG files made by the workers (numpy and zlib only: no plotting
 package) and embedded in the page as base64, so ``report.html`` can be mailed
 or archived on its own. Clicking a column header sorts the table (a few lines
@@ -88,12 +91,19 @@ def overlay(scan_slice: np.ndarray, heat_slice: np.ndarray, *, size: int = THUMB
 
 
 def thumbnail(scan: np.ndarray, heatmap: np.ndarray) -> bytes:
-    """PNG of the middle slice along the first axis (the axial one, for a scan in world order (S, P, L))."""
+    """PNG of the middle axial slice (along the first axis: the superior one for a scan in world order
+    (S, P, L)) with its heatmap, and beside it, when the heatmap's maximum lies in another slice, that slice."""
     scan = np.asarray(scan)
     if scan.ndim == 4:  # (C, D, H, W): the first channel
         scan = scan[0]
+    heat = np.asarray(heatmap)
     middle = scan.shape[0] // 2
-    return encode_png(overlay(scan[middle], np.asarray(heatmap)[middle]))
+    panels = [overlay(scan[middle], heat[middle])]
+    peak = int(np.unravel_index(int(np.argmax(heat)), heat.shape)[0]) if heat.size else middle
+    if peak != middle:
+        gap = np.full((panels[0].shape[0], 4, 3), 255, dtype=np.uint8)
+        panels += [gap, overlay(scan[peak], heat[peak])]
+    return encode_png(np.concatenate(panels, axis=1))
 
 
 _SCRIPT = """
@@ -147,7 +157,16 @@ def render_report(path: Path, rows: Sequence[dict[str, Any]], outdir: Path, *, t
     """
     metric_names = ["pointing_strict", "pointing_tolerant", "peak_distance", "energy", "iou"]
     show_metrics = any(row.get(name) is not None for row in rows for name in metric_names)
-    columns = ["case", "slice", "status", "label", "predicted", "p(predicted)", "explained_class", "raw_max"]
+    columns = [
+        "case",
+        "axial slices: middle, peak",
+        "status",
+        "label",
+        "predicted",
+        "p(predicted)",
+        "explained_class",
+        "raw_max",
+    ]
     columns += metric_names if show_metrics else []
     columns += ["time_total_s", "error"]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
@@ -155,12 +174,13 @@ def render_report(path: Path, rows: Sequence[dict[str, Any]], outdir: Path, *, t
     for row in rows:
         cells = []
         for column in columns:
-            if column == "slice":
+            if column == "axial slices: middle, peak":
                 image = ""
                 thumb = row.get("thumbnail")
                 if thumb and (Path(outdir) / thumb).is_file():
                     data = base64.b64encode((Path(outdir) / thumb).read_bytes()).decode("ascii")
-                    alt = html.escape(f"middle axial slice of {row.get('name')} with its heatmap", quote=True)
+                    alt = f"middle axial slice of {row.get('name')} (and the slice of the heatmap's maximum)"
+                    alt = html.escape(alt, quote=True)
                     image = f'<img src="data:image/png;base64,{data}" alt="{alt}">'
                 cells.append(f'<td data-sort="">{image}</td>')
                 continue
