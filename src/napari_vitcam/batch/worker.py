@@ -209,7 +209,7 @@ def explain_case(case: Case, settings: BatchSettings, run_id: str) -> dict[str, 
     previous = read_record(outdir, case.id)
     if is_finished(previous, outdir, content, settings.digest):
         assert previous is not None
-        return {**previous, "skipped": True}
+        return {**previous, "label": case.label, "skipped": True}  # a label is not part of the result
     try:
         record.update(_compute(case, settings, outdir, started))
     except Exception as error:  # one bad scan is an error row, never a failed batch
