@@ -139,6 +139,20 @@ def test_bad_options_are_refused_before_any_scan_is_read(cohort: Cohort, dask_cl
     assert not out.exists()  # refused before anything was written
 
 
+def test_a_scan_with_nan_voxels_is_an_error_row_unless_replaced(cohort: Cohort, dask_client):
+    volume = np.load(cohort.scans / "scan0.npy")
+    volume[3, 4, 5] = np.nan
+    np.save(cohort.scans / "scan0.npy", volume)
+    out = cohort.root / "out"
+    inputs = [cohort.scans / "scan0.npy", cohort.scans / "scan1.npy"]
+    first = run_batch(cohort.checkpoint, inputs, out, client=dask_client, device="cpu")
+    assert [r["status"] for r in first.rows] == ["error", "ok"]
+    assert "nonfinite" in first.rows[0]["error"] and "NaN" in first.rows[0]["error"]
+    again = run_batch(cohort.checkpoint, inputs, out, client=dask_client, device="cpu", nonfinite="replace")
+    assert [r["status"] for r in again.rows] == ["ok", "ok"] and again.computed == 2  # a setting changed
+    assert np.isfinite(np.load(out / again.rows[0]["heatmap"])).all()
+
+
 def test_a_second_run_on_the_same_folder_is_refused_while_one_runs(cohort: Cohort, dask_client):
     out = cohort.root / "out"
     out.mkdir()
