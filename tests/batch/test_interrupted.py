@@ -50,15 +50,19 @@ def test_a_run_killed_mid_way_and_restarted_finishes_every_case_exactly_once(coh
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH", "")]),
     }
-    process = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, str(cohort.checkpoint), str(cohort.scans), str(out), str(gate)], env=env
-    )
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-c", SCRIPT, str(cohort.checkpoint), str(cohort.scans), str(out), str(gate)],
+            env=env,
+            stderr=stderr,
+        )
     try:
         deadline = time.monotonic() + 120
         while not gate.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert gate.exists(), "the batch never reached its third heatmap"
-        assert process.poll() is None
+        assert gate.exists(), f"the batch never reached its third heatmap: {log.read_text()[-2000:]}"
+        assert process.poll() is None, log.read_text()[-2000:]
         os.kill(process.pid, signal.SIGKILL)
     finally:
         process.kill()
@@ -67,7 +71,7 @@ def test_a_run_killed_mid_way_and_restarted_finishes_every_case_exactly_once(coh
     # what the killed run left: its finished cases, whole, and a half-written file under a temporary name only
     finished = [json.loads(p.read_text()) for p in (out / CASES_FOLDER).glob("*.json")]
     ok_before = {r["case"]: r for r in finished if r["status"] == "ok"}
-    assert len(ok_before) >= 2
+    assert len(ok_before) >= 2, finished
     partial = Path(gate.read_text())
     assert partial.exists() and PARTIAL_MARK in partial.name and partial.name.startswith(".")
     for record in ok_before.values():
@@ -80,7 +84,8 @@ def test_a_run_killed_mid_way_and_restarted_finishes_every_case_exactly_once(coh
     assert len(run.rows) == len(cases) == 9
     assert sorted(Path(r["path"]).name for r in run.rows) == cases  # each case once
     assert len(list((out / CASES_FOLDER).glob("*.json"))) == len(cases)
-    assert run.failed == 1 and run.skipped == len(ok_before)  # the corrupt file only; finished cases kept
+    problems = [(r["name"], r["status"], r["error"], r["skipped"]) for r in run.rows]
+    assert run.failed == 1 and run.skipped == len(ok_before), problems  # the corrupt file only; finished kept
     rows = {r["case"]: r for r in run.rows}
     for case, record in ok_before.items():
         assert rows[case]["run"] == record["run"] and rows[case]["skipped"]
