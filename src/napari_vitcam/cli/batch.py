@@ -6,7 +6,8 @@ INPUTS is a folder (its volume files and DICOM series folders), a glob pattern
 (``heatmaps/NAME.heatmap.nii.gz`` with the scan's geometry, ``.npy`` without)
 and a row of ``results.parquet`` (or ``.csv``); ``report.html`` shows every
 case. Rerunning the same command skips finished cases and retries failed
-ones. See docs/batch.md.
+ones. Exit status: 0 when every scan was explained, 3 when some failed (their
+rows say why), 1 when the batch could not start. See docs/batch.md.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from napari_vitcam.core.errors import VitcamError
 from napari_vitcam.core.vocabulary import UPSAMPLE_MODES, one_line
+from napari_vitcam.engine.explainers import EXPLAINERS
 
 PROG = "napari-vitcam batch"
 
@@ -29,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("checkpoint", type=Path, help="native checkpoint, MONAI bundle folder or weights file")
     parser.add_argument("inputs", help="a folder of scans, a quoted glob pattern, or a CSV with a path column")
     parser.add_argument("-o", "--outdir", type=Path, required=True, help="output folder (created; rerun to resume)")
-    parser.add_argument("--method", default="gradcam")
+    parser.add_argument("--method", default="gradcam", help=f"one of {', '.join(EXPLAINERS)}")
     parser.add_argument("--target", default=None, help="target layer (default: the checkpoint's recommendation)")
     parser.add_argument("--class", dest="class_idx", default=None, help="class name or index (default: predicted)")
     parser.add_argument("--upsample", default="smooth", choices=UPSAMPLE_MODES)
