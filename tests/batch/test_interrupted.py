@@ -19,7 +19,7 @@ from napari_vitcam.batch.ledger import CASES_FOLDER, HEATMAPS_FOLDER, PARTIAL_MA
 # Runs the batch with one in-process worker; the third heatmap write stops half-way (a real half-written
 # temporary file on disk) and says so through a file, so that the kill lands at a known point.
 SCRIPT = """
-import sys, time
+import os, sys, time
 from pathlib import Path
 from napari_vitcam.volumes.numpy_files import NpyWriter
 
@@ -31,7 +31,8 @@ def write_to(self, path, heatmap, **options):
     calls.append(path)
     if len(calls) == 3:
         Path(path).write_bytes(b"\\x93NUMPY" + bytes(40))  # half of a file
-        Path(gate).write_text(str(path))
+        Path(gate + ".tmp").write_text(str(path))
+        os.replace(gate + ".tmp", gate)  # the test sees the gate whole or not at all
         while True:
             time.sleep(1)
     return original(self, path, heatmap, **options)
