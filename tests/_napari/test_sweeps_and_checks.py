@@ -62,7 +62,7 @@ def test_a_block_sweep_is_one_4d_layer_whose_slices_are_the_blocks(qtbot, widget
     np.testing.assert_allclose(layer.data[k], alone.heatmap, atol=1e-5)
     # the slider starts at the recommended block, and the widget says which block a slice is
     start = sweep["labels"].index("blocks.2.norm1")
-    assert int(round(widget.viewer.dims.point[0])) == start
+    assert round(widget.viewer.dims.point[0]) == start
     assert "blocks.2.norm1" in widget.sweep_label.text()
     widget.viewer.dims.set_point(0, k)
     assert f"blocks.1.norm1 ({k + 1} of {len(sweep['labels'])}" in widget.sweep_label.text()
