@@ -88,9 +88,9 @@ def synchronizer(device: torch.device) -> Callable[[], None] | None:
 
 
 def demo_checkpoint_path() -> Path:
-    import napari_vitcam
+    from napari_vitcam.demo.shipped import SHIPPED_CHECKPOINT
 
-    return Path(napari_vitcam.__file__).resolve().parent / "data" / "demo_vit.safetensors"
+    return SHIPPED_CHECKPOINT
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("checkpoint", type=Path, help="native checkpoint, MONAI bundle folder or weights file")
     parser.add_argument("inputs", help="a folder of scans, a quoted glob pattern, or a CSV with a path column")
     parser.add_argument("-o", "--outdir", type=Path, required=True, help="output folder (created; rerun to resume)")
-    parser.add_argument("--method", default="gradcam", help=f"one of {', '.join(EXPLAINERS)}")
+    parser.add_argument(
+        "--method",
+        default="gradcam",
+        help=f"one of {', '.join(EXPLAINERS)}",
+    )
     parser.add_argument("--target", default=None, help="target layer (default: the checkpoint's recommendation)")
     parser.add_argument("--class", dest="class_idx", default=None, help="class name or index (default: predicted)")
     parser.add_argument("--upsample", default="smooth", choices=UPSAMPLE_MODES)

@@ -26,6 +26,7 @@ from typing import Any
 
 from napari_vitcam.core.errors import VitcamError
 from napari_vitcam.core.vocabulary import UPSAMPLE_MODES, one_line
+from napari_vitcam.engine.explainers import EXPLAINERS
 from napari_vitcam.pipeline.checks import NONFINITE_CHOICES
 from napari_vitcam.pipeline.frame import ModelFrame
 from napari_vitcam.volumes.base import Volume, json_ready, path_suffix
@@ -99,7 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--key", default=None, help="the array to explain in an .npz holding several")
     parser.add_argument("--target", default=None, help="target layer (default: the checkpoint's recommendation)")
     parser.add_argument("--class", dest="class_idx", default=None, help="class name or index (default: predicted)")
-    parser.add_argument("--method", default="gradcam")
+    parser.add_argument(
+        "--method",
+        default="gradcam",
+        choices=("auto", *EXPLAINERS),
+        help="explainer (default: gradcam; auto: the one chosen for this kind of model, see docs/evaluation.md)",
+    )
     parser.add_argument("--upsample", default="smooth", choices=UPSAMPLE_MODES)
     parser.add_argument("--device", default="auto")
     parser.add_argument(

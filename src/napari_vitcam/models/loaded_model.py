@@ -7,6 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
+from napari_vitcam.engine.recommend import MethodChoice
 from napari_vitcam.engine.targets import TargetCandidate
 from napari_vitcam.models.spec import ModelSpec
 
@@ -21,7 +22,8 @@ class LoadedModel:
     ``state-dict`` (with a factory or a spec's architecture), ``pickled-module``
     (trusted) or ``monai-bundle``. ``targets``: the target candidates, when
     loading probed them to choose the target layer (None when it did not), so
-    a front end need not run the model again to list them.
+    a front end need not run the model again to list them. ``method``: the
+    default explainer (:func:`~napari_vitcam.models.targets.method_for`), once chosen.
     """
 
     model: nn.Module
@@ -31,6 +33,7 @@ class LoadedModel:
     warnings: list[str] = field(default_factory=list)
     format: str = ""
     targets: tuple[TargetCandidate, ...] | None = None
+    method: MethodChoice | None = None
 
     @property
     def class_names(self) -> tuple[str, ...]:

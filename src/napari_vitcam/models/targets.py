@@ -7,6 +7,7 @@ from torch import nn
 
 from napari_vitcam.core.errors import model_errors_as_input_errors
 from napari_vitcam.engine.introspect import model_device
+from napari_vitcam.engine.recommend import MethodChoice, recommend_method
 from napari_vitcam.engine.targets import TargetCandidate, list_targets
 from napari_vitcam.models.loaded_model import LoadedModel
 from napari_vitcam.models.spec import InputSpec
@@ -34,3 +35,18 @@ def targets_for(loaded: LoadedModel) -> list[TargetCandidate]:
     example = example_input(loaded.spec.input, model_device(model), _floating_dtype(model))
     with model_errors_as_input_errors(tuple(example.shape)):
         return list_targets(model, example, score_layer=loaded.spec.score_layer)
+
+
+def method_for(loaded: LoadedModel) -> MethodChoice:
+    """The default explainer for a loaded model (computed once, then kept on ``loaded.method``)."""
+    if loaded.method is not None:
+        return loaded.method
+    candidates = list(loaded.targets) if loaded.targets is not None else targets_for(loaded)
+    model = loaded.model
+    example = example_input(loaded.spec.input, model_device(model), _floating_dtype(model))
+    with model_errors_as_input_errors(tuple(example.shape)):
+        choice = recommend_method(model, example, candidates)
+    if choice.method == "gradcam" and loaded.spec.target_layer:
+        choice = MethodChoice(choice.method, loaded.spec.target_layer, choice.reason)  # the checkpoint's own choice
+    loaded.method = choice
+    return choice

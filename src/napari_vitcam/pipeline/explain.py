@@ -15,9 +15,10 @@ from napari_vitcam.core.vocabulary import Triple, class_labels, name_of_class
 from napari_vitcam.engine.cam import Progress
 from napari_vitcam.engine.capture import model_lock
 from napari_vitcam.engine.dispatch import explain_tokens
-from napari_vitcam.engine.explainers import LayerExplainer, get_explainer
+from napari_vitcam.engine.explainers import Explainer, LayerExplainer, get_explainer
 from napari_vitcam.engine.token_grid import TokenGrid
 from napari_vitcam.models.loaded_model import LoadedModel
+from napari_vitcam.models.targets import method_for
 from napari_vitcam.pipeline.checks import (
     NonFinite,
     check_finite_output,
@@ -28,6 +29,9 @@ from napari_vitcam.pipeline.checks import (
 from napari_vitcam.pipeline.devices import pick_device, release_device_memory
 from napari_vitcam.pipeline.frame import FramePlan, ModelFrame, plan_frame, spec_frame
 from napari_vitcam.pipeline.preprocess import as_array, prepare_input
+
+AUTO = "auto"
+"""The method name that asks for the model's default explainer."""
 
 
 @dataclass(frozen=True)
@@ -125,15 +129,17 @@ def explain_volume(
     many and where, unless ``nonfinite="replace"`` (NaN by 0, ±Inf by the
     volume's finite extremes). A model whose output or map is not finite is
     an error, never a NaN result. Threads explaining one model take turns.
-    ``method``: any registered explainer (``EXPLAINERS``);
+    ``method``: any registered explainer (``EXPLAINERS``), or ``"auto"``: the
+    one :func:`~napari_vitcam.models.targets.method_for` chooses for this model
+    by what it is (see ``docs/evaluation.md``), as the widget and the command
+    line do by default;
     attention and perturbation methods need no target layer. ``token_grid``:
     the model's token grid (d, h, w), when the model does not say it.
     """
     spec = loaded.spec
-    explainer = get_explainer(method)
-    target = target_layer or spec.target_layer
-    if isinstance(explainer, LayerExplainer) and not target:
-        raise InputError("no target layer given and the checkpoint recommends none: pass target_layer")
+    if method != AUTO:
+        explainer = get_explainer(method)
+        target = _target_for(explainer, target_layer, spec.target_layer)
     index = class_index(class_idx, spec.class_names)
     upsample = check_upsample(upsample)
     nonfinite = check_nonfinite_choice(nonfinite)
@@ -147,6 +153,11 @@ def explain_volume(
         start = time.perf_counter()
         x = prepare_input(volume, spec.input, torch_device, nonfinite=nonfinite, fit=plan.axes)
         timings["preprocess"] = time.perf_counter() - start
+        if method == AUTO:  # chosen once the volume is known to be usable: choosing runs the model
+            choice = method_for(loaded)
+            method = choice.method
+            explainer = get_explainer(method)
+            target = _target_for(explainer, target_layer or choice.target_layer, spec.target_layer)
         with model_lock(loaded.model):  # another thread's run on this model ends first
             loaded.model.to(torch_device)
             with model_errors_as_input_errors(tuple(x.shape)):
@@ -214,6 +225,14 @@ def explain_volume(
         score_layer=result.score_layer,
         grid=result.grid,
     )
+
+
+def _target_for(explainer: Explainer, given: str | None, from_spec: str | None) -> str | None:
+    """The layer a layer method reads (the given one, else the checkpoint's); a one-line error when there is none."""
+    target = given or from_spec
+    if isinstance(explainer, LayerExplainer) and not target:
+        raise InputError("no target layer given and the checkpoint recommends none: pass target_layer")
+    return target
 
 
 def in_model_frame(
