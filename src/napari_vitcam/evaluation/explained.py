@@ -179,9 +179,9 @@ def against_model(
         nonfinite: as for explain_volume.
     """
     _check_baseline(baseline, reference)
-    return _curves(loaded, volume, explanation, [baseline], reference, steps, random_orders, seed, batch_size, nonfinite)[
-        baseline
-    ]
+    return _curves(
+        loaded, volume, explanation, [baseline], reference, steps, random_orders, seed, batch_size, nonfinite
+    )[baseline]
 
 
 def compare_baseline_curves(
