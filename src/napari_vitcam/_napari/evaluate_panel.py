@@ -28,16 +28,19 @@ import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.layers import Image, Labels, Layer
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QSize, Qt, Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QApplication,
     QComboBox,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QPushButton,
+    QScrollArea,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -299,6 +302,14 @@ def _labels_layers(viewer) -> list[Labels]:
     return [layer for layer in viewer.layers if isinstance(layer, Labels) and layer.ndim >= 3]
 
 
+class _Scroll(QScrollArea):
+    """Scrolls the section's body when the dock is short, instead of squeezing the plot; asks for the body's size."""
+
+    def sizeHint(self) -> QSize:
+        inner = self.widget()
+        return inner.sizeHint() + QSize(0, 4) if inner is not None else super().sizeHint()
+
+
 class EvaluatePanel(QGroupBox):
     """The Evaluate section (collapsible): hand it each finished run with :meth:`set_run`."""
 
@@ -316,9 +327,9 @@ class EvaluatePanel(QGroupBox):
         self._result: object = None
         self._build()
         self.setCheckable(True)
-        self.toggled.connect(self.body.setVisible)
+        self.toggled.connect(self.scroller.setVisible)
         self.setChecked(expanded)
-        self.body.setVisible(expanded)
+        self.scroller.setVisible(expanded)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.reordered):
             event.connect(self._refresh_labels)
         self._refresh_labels()
@@ -363,9 +374,14 @@ class EvaluatePanel(QGroupBox):
         self.table = QTableWidget(0, len(TABLE_HEADER))
         self.table.setHorizontalHeaderLabels(list(TABLE_HEADER))
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        rows_header, header = self.table.verticalHeader(), self.table.horizontalHeader()
+        assert rows_header is not None and header is not None  # a table has both
+        rows_header.setVisible(False)
+        for column in range(len(TABLE_HEADER) - 1):
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(len(TABLE_HEADER) - 1, QHeaderView.ResizeMode.Stretch)
         self.table.setMinimumHeight(120)
+        self.table.setMaximumHeight(220)
         self.status = QLabel("idle")
         self.cancel_button = QPushButton("Cancel")
         self.copy_button = QPushButton("Copy table")
@@ -387,8 +403,15 @@ class EvaluatePanel(QGroupBox):
         body.addWidget(self.verdict)
         body.addWidget(self.table)
         body.addLayout(bottom)
+        self.scroller = _Scroll()
+        self.scroller.setWidget(self.body)
+        self.scroller.setWidgetResizable(True)
+        self.scroller.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroller.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroller.setMinimumHeight(200)
         outer = QVBoxLayout(self)
-        outer.addWidget(self.body)
+        outer.setContentsMargins(4, 4, 4, 4)
+        outer.addWidget(self.scroller)
 
         self.mask_button.clicked.connect(self._mask_clicked)
         self.model_button.clicked.connect(self._model_clicked)
@@ -463,7 +486,7 @@ class EvaluatePanel(QGroupBox):
         usable = ready and self.run is not None and self.run.explanation.grid is not None
         self.mask_button.setEnabled(idle and ready and self.labels_layer() is not None)
         needs_reference = self.baseline_combo.currentData() == "reference"
-        self.reference_combo.setEnabled(needs_reference or self.reference_combo.count() > 0)
+        self.reference_combo.setEnabled(needs_reference)
         reference_ok = not needs_reference or self.reference_combo.layer() is not None
         self.model_button.setEnabled(idle and usable and reference_ok)
         self.baselines_button.setEnabled(idle and usable)
@@ -590,6 +613,14 @@ class EvaluatePanel(QGroupBox):
         self._fill_table()
         self._record()
         self._update_buttons()
+        self._grow()
+
+    def _grow(self) -> None:
+        """Ask the dock for the body's new height (the scroll area shows what does not fit)."""
+        layout = self.body.layout()
+        if layout is not None:
+            layout.activate()
+        self.scroller.updateGeometry()
 
     def verdict_text(self) -> str:
         lines = []
@@ -642,7 +673,6 @@ class EvaluatePanel(QGroupBox):
         for r, row in enumerate(rows):
             for c, value in enumerate(row):
                 self.table.setItem(r, c, QTableWidgetItem(value))
-        self.table.resizeColumnsToContents()
 
     def table_text(self) -> str:
         """The table, tab-separated, with a header line."""

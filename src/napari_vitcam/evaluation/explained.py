@@ -70,7 +70,7 @@ class Faithfulness:
 
 def auc_spread(results: dict[str, Faithfulness]) -> dict[str, float]:
     """How far each mode's AUC moves between baselines: max minus min (0 for one baseline)."""
-    spread = {}
+    spread: dict[str, float] = {}
     for mode in MODES:
         aucs = [getattr(r, mode).auc for r in results.values()]
         spread[mode] = float(max(aucs) - min(aucs)) if aucs else 0.0
@@ -135,9 +135,10 @@ def model_inputs(
     x = model_input(loaded, volume, device=explanation.device, nonfinite=nonfinite)
     ref = None
     if reference is not None:
-        if np.shape(reference) != np.shape(volume):
+        shape, expected = tuple(getattr(reference, "shape", ())), tuple(getattr(volume, "shape", ()))
+        if shape != expected:
             raise InputError(
-                f"the reference volume has shape {np.shape(reference)} but the volume {np.shape(volume)}: "
+                f"the reference volume has shape {shape} but the volume {expected}: "
                 "give a reference scan on the same grid (e.g. a healthy scan, registered)"
             )
         ref = model_input(loaded, reference, device=explanation.device, nonfinite=nonfinite)
@@ -300,19 +301,19 @@ def table_rows(
     """Every number as ``(check, item, metric, value)`` rows, for a table a person copies."""
     rows: list[tuple[str, str, str, str]] = []
     for s in masks:
-        for metric, value in s.as_dict().items():
-            if metric != "label":
-                rows.append(("mask", f"label {s.label}", metric, f"{value:.6g}"))
+        for key, number in s.as_dict().items():
+            if key != "label":
+                rows.append(("mask", f"label {s.label}", key, f"{number:.6g}"))
     if faithfulness is not None:
-        for metric, value in faithfulness.summary().items():
-            if metric != "baseline":
-                rows.append(("model", f"baseline {faithfulness.baseline}", metric, _text(value)))
+        for key, entry in faithfulness.summary().items():
+            if key != "baseline":
+                rows.append(("model", f"baseline {faithfulness.baseline}", key, _text(entry)))
     for name, result in (baselines or {}).items():
         for mode in MODES:
             rows.append(("baselines", f"baseline {name}", f"{mode}_auc", _text(getattr(result, mode).auc)))
     if baselines:
-        for mode, value in auc_spread(baselines).items():
-            rows.append(("baselines", "all", f"{mode}_auc_spread", _text(value)))
+        for which, moved in auc_spread(baselines).items():
+            rows.append(("baselines", "all", f"{which}_auc_spread", _text(moved)))
     if randomization is not None:
         for step in randomization.steps:
             rows.append(("chance", step.randomized, "rank_correlation", _text(step.correlation)))
