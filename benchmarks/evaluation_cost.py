@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 import torch
 
 from benchmarks.measure import Ratio, Row, fmt_seconds, format_machine, format_table, interleaved, median, shape_text
-from benchmarks.run import ModelSource, demo_source, log, synchronizer
+from benchmarks.run import ModelSource, demo_source, describe_vit, log, synchronizer
 
 STEPS = 16
 RANDOM_ORDERS = 3
@@ -88,6 +88,18 @@ def evaluation_cost_row(
     )
 
 
+def shipped_source() -> ModelSource:
+    """The shipped demo checkpoint (``napari_vitcam/demo/data``), else :func:`benchmarks.run.demo_source`."""
+    from napari_vitcam.demo.shipped import SHIPPED_CHECKPOINT
+
+    if SHIPPED_CHECKPOINT.exists():
+        source = ModelSource("", checkpoint=str(SHIPPED_CHECKPOINT))
+        config = getattr(source.load().model, "config", None)
+        if config is not None:
+            return ModelSource(f"demo ViT, shipped checkpoint ({describe_vit(config)})", checkpoint=source.checkpoint)
+    return demo_source()
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="the cost of deletion and insertion curves, as a table row")
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
@@ -113,7 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append(Row("5", "deletion + insertion / one forward pass", "cuda", "not measured: no GPU"))
             continue
         rows.append(
-            evaluation_cost_row(demo_source(), 2 if args.quick else 5, torch.device(name), batch_size=args.batch_size)
+            evaluation_cost_row(
+                shipped_source(), 2 if args.quick else 5, torch.device(name), batch_size=args.batch_size
+            )
         )
     print(format_machine(machine_description()))
     print()
