@@ -79,6 +79,16 @@ def test_labels_on_another_grid_land_on_the_heatmaps_voxels(viewer, reader):
     assert mapping.spacing == (1.0, 1.0, 1.0)
 
 
+def test_a_time_series_at_2_mm_maps_its_time_point_onto_3d_labels(viewer):
+    source = viewer.add_image(np.zeros((3, 8, 8, 8), np.float32), name="series", scale=(1, 2, 2, 2))
+    labels = viewer.add_labels(np.zeros((16, 16, 16), np.uint8), name="organ")
+    selection = VolumeSelection("series", (3, 8, 8, 8), fixed=((0, 1),))
+    mapping = grid_mapping(source, selection, labels, viewer.dims.point)
+    np.testing.assert_allclose(mapping.steps, 2 * np.eye(3))
+    np.testing.assert_allclose(mapping.origin, [0, 0, 0], atol=1e-9)
+    assert mapping.spacing == (2.0, 2.0, 2.0)  # distances and the tolerance in world units (mm)
+
+
 def test_nearest_neighbour_by_hand():
     data = np.arange(8, dtype=np.int32).reshape(2, 2, 2)
     mapping = GridMapping(np.zeros(3), np.eye(3) * 0.5, (1.0, 1.0, 1.0))  # a 4^3 grid over the 2^3 labels

@@ -307,7 +307,11 @@ class _Scroll(QScrollArea):
 
     def sizeHint(self) -> QSize:
         inner = self.widget()
-        return inner.sizeHint() + QSize(0, 4) if inner is not None else super().sizeHint()
+        if inner is None:
+            return super().sizeHint()
+        bar = self.verticalScrollBar()
+        room = bar.sizeHint().width() if bar is not None else 0  # the content is never clipped by the bar
+        return inner.sizeHint() + QSize(room, 2 * self.frameWidth() + 4)
 
 
 class EvaluatePanel(QGroupBox):
@@ -408,6 +412,8 @@ class EvaluatePanel(QGroupBox):
         self.scroller.setWidgetResizable(True)
         self.scroller.setFrameShape(QFrame.Shape.NoFrame)
         self.scroller.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        # always there (idle when all fits): a bar that comes and goes re-wraps the text beside it, which loops
+        self.scroller.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOn)
         self.scroller.setMinimumHeight(200)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(4, 4, 4, 4)
