@@ -131,6 +131,7 @@ def test_problems_are_one_line_before_any_model_is_loaded(tmp_path, capsys):
     np.save(masks / "case1.npy", np.ones((16, 16, 16), np.uint8))
     assert "needs --reference" in error("--baseline", "reference")
     assert "does not exist" in error(masks=tmp_path / "nowhere")
+    assert "unknown method 'nope'" in error("--method", "nope")
     output.write_text("keep me")
     assert evaluate(missing_checkpoint, volumes, masks, output) == 1
     assert "exists: pass --force" in capsys.readouterr().err

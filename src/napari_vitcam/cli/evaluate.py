@@ -34,6 +34,7 @@ import numpy as np
 
 from napari_vitcam.core.errors import InputError, VitcamError
 from napari_vitcam.core.vocabulary import UPSAMPLE_MODES, one_line
+from napari_vitcam.engine.explainers.registry import get_explainer
 from napari_vitcam.evaluation.faithfulness import BASELINES
 from napari_vitcam.volumes.base import Volume, path_suffix
 from napari_vitcam.volumes.geometry import world_view
@@ -330,6 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.steps < 1 or args.random_orders < 1 or args.batch_size < 1:
             raise InputError("--steps, --random-orders and --batch-size must be at least 1")
+        get_explainer(args.method)  # an unknown method is refused before anything is read
         if args.baseline == "reference" and args.reference is None:
             raise InputError("--baseline reference needs --reference FILE (e.g. a healthy scan on the same grid)")
         cases = pair_cases(args.volumes, args.masks)
