@@ -13,7 +13,8 @@ from napari_vitcam.evaluation.explained import Faithfulness
 from napari_vitcam.evaluation.randomization import RandomizationResult, cascading_randomization
 from napari_vitcam.models.loaded_model import LoadedModel
 from napari_vitcam.models.spec import InputSpec, ModelSpec, Normalization
-from napari_vitcam.testing.models import OneRegionClassifier
+from napari_vitcam.pipeline.explain import model_input
+from napari_vitcam.testing.models import OneRegionClassifier, tiny_vit
 
 TIMEOUT_MS = 60_000
 
@@ -216,3 +217,29 @@ def test_the_dock_with_its_plot(qtbot, viewer, widget, reader, tmp_path):
     path = tmp_path / "evaluate.png"
     assert panel.grab().save(str(path))
     assert path.stat().st_size > 10_000
+
+
+def test_a_vit_with_a_normalised_input_evaluates_end_to_end(qtbot, make_napari_viewer):
+    """A transformer, a z-scored and resized input: the curves run on the exact model input, the cascade block by block."""
+    viewer = make_napari_viewer()
+    dock = VitcamWidget(viewer)
+    viewer.window.add_dock_widget(dock, name="Grad-CAM (3D ViT)")
+    model = tiny_vit(size=16, patch=4, depth=2)
+    spec = ModelSpec(InputSpec(1, (16, 16, 16), Normalization("zscore")), ("a", "b"), target_layer="blocks.1.norm1")
+    with qtbot.waitSignal(dock.load_finished, timeout=TIMEOUT_MS):
+        assert dock.use_model(LoadedModel(model, spec))
+    viewer.add_image(np.random.default_rng(0).normal(100, 20, (20, 24, 28)).astype(np.float32), name="scan")
+    with qtbot.waitSignal(dock.run_finished, timeout=TIMEOUT_MS):
+        assert dock.run()
+    panel = dock.evaluate
+    panel.choose_baseline("noise")
+    curves = evaluate(qtbot, panel, panel.check_model)
+    explanation = dock.last_run.explanation
+    with torch.no_grad():
+        x = model_input(LoadedModel(model, spec), viewer.layers["scan"].data, device="cpu")
+        p = float(model(x).softmax(1)[0, explanation.class_idx])
+    assert curves.deletion.ranked[0] == pytest.approx(p, abs=1e-5)  # nothing removed: the model's own answer
+    assert curves.baseline == "noise" and curves.deletion.fractions[-1] == 1.0
+    chance = evaluate(qtbot, panel, panel.check_chance)
+    assert [s.randomized for s in chance.steps] == ["head", "blocks.1", "blocks.0", "embedding"]
+    assert panel.rows()[-1][:3] == ("chance", "final", "survives")
