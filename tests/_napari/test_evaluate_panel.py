@@ -6,7 +6,7 @@ import torch
 from napari.utils.notifications import notification_manager
 from qtpy.QtWidgets import QApplication
 
-from napari_vitcam._napari.evaluate_panel import GridMapping, grid_mapping, labels_on_grid
+from napari_vitcam._napari.evaluate_panel import EvaluatePanel, GridMapping, grid_mapping, labels_on_grid
 from napari_vitcam._napari.layer_input import VolumeSelection
 from napari_vitcam._napari.widget import VitcamWidget
 from napari_vitcam.evaluation.explained import Faithfulness
@@ -243,3 +243,15 @@ def test_a_vit_with_a_normalised_input_evaluates_end_to_end(qtbot, make_napari_v
     chance = evaluate(qtbot, panel, panel.check_chance)
     assert [s.randomized for s in chance.steps] == ["head", "blocks.1", "blocks.0", "embedding"]
     assert panel.rows()[-1][:3] == ("chance", "final", "survives")
+
+
+def test_the_labels_list_follows_the_viewer(viewer):
+    panel = EvaluatePanel(viewer, expanded=True)
+    assert panel.labels_combo.count() == 0 and not panel.mask_button.isEnabled()
+    lesion = viewer.add_labels(np.zeros((4, 4, 4), np.uint8), name="lesion")
+    viewer.add_labels(np.zeros((4, 4), np.uint8), name="flat")  # 2D: not a region of a volume
+    assert [panel.labels_combo.itemText(i) for i in range(panel.labels_combo.count())] == ["lesion"]
+    lesion.name = "tumour"
+    assert panel.labels_combo.currentText() == "tumour" and panel.labels_layer() is lesion
+    viewer.layers.remove(lesion)
+    assert panel.labels_combo.count() == 0 and panel.labels_layer() is None

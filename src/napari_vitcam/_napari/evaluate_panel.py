@@ -329,6 +329,7 @@ class EvaluatePanel(QGroupBox):
         self._kind = ""
         self._job_run: ExplainDone | None = None
         self._result: object = None
+        self._named: list[Labels] = []
         self._build()
         self.setCheckable(True)
         self.toggled.connect(self.scroller.setVisible)
@@ -461,7 +462,14 @@ class EvaluatePanel(QGroupBox):
 
     def _refresh_labels(self, *_args) -> None:
         current = self.labels_combo.currentText()
-        names = [layer.name for layer in _labels_layers(self.viewer)]
+        layers = _labels_layers(self.viewer)
+        for layer in layers:  # a renamed layer keeps its place in the list
+            if layer not in self._named:
+                layer.events.name.connect(self._refresh_labels)
+        self._named = [layer for layer in self._named if layer in layers] + [
+            layer for layer in layers if layer not in self._named
+        ]
+        names = [layer.name for layer in layers]
         self.labels_combo.blockSignals(True)
         self.labels_combo.clear()
         self.labels_combo.addItems(names)
