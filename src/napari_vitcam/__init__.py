@@ -19,7 +19,9 @@ from napari_vitcam.core.errors import (
     VitcamError,
 )
 from napari_vitcam.engine.cam import CamResult, grad_cam
+from napari_vitcam.engine.dispatch import explain_tokens
 from napari_vitcam.engine.explainers import EXPLAINERS
+from napari_vitcam.engine.sweeps import Sweep, sweep_blocks, sweep_classes
 from napari_vitcam.engine.targets import TargetCandidate, list_targets, recommended_target
 from napari_vitcam.engine.token_grid import TokenGrid
 from napari_vitcam.engine.voxel_map import tokens_to_voxels
@@ -49,6 +51,7 @@ __all__ = [
     "ModelOutputError",
     "ModelSpec",
     "Normalization",
+    "Sweep",
     "TargetCandidate",
     "TargetLayerError",
     "TokenGrid",
@@ -58,6 +61,7 @@ __all__ = [
     "VitcamError",
     "VolumeExplanation",
     "available_devices",
+    "explain_tokens",
     "explain_volume",
     "grad_cam",
     "list_targets",
@@ -65,6 +69,8 @@ __all__ = [
     "pick_device",
     "recommended_target",
     "save_checkpoint",
+    "sweep_blocks",
+    "sweep_classes",
     "targets_for",
     "tokens_to_voxels",
 ]

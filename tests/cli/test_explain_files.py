@@ -284,3 +284,47 @@ def test_no_file_of_an_input_series_is_written_over(tmp_path, broken_checkpoint,
     named = [path.rename(path.with_suffix(".dcm")) for path in paths]
     # the series is given by one of its files; another file of it is the output
     refused(capsys, [broken_checkpoint, named[0], "-o", named[2], "--force"], "is the input IM0002.dcm")
+
+
+def test_the_checkpoints_frame_is_used_from_the_shell(tmp_path, capsys):
+    """A spec declaring RAS and a spacing (crop or pad): the scan is reoriented and resampled; an .npy says why not."""
+    torch.manual_seed(0)
+    model = nv.ViT3D(img_size=16, patch_size=8, width=32, depth=2, heads=2)
+    spec_input = InputSpec(
+        1, (16, 16, 16), Normalization("zscore"), orientation="RAS", spacing=(1.5, 1.0, 2.0), fit="crop_or_pad"
+    )
+    spec = ModelSpec(spec_input, ("calm", "busy"), "blocks.1.norm1")
+    checkpoint = nv.save_checkpoint(tmp_path / "model.safetensors", model, spec)
+    affine = oblique_affine((2.0, 0.8, 1.1), 8.0, flip=0)
+    volume = np.random.default_rng(8).normal(size=(12, 20, 16)).astype(np.float32)
+    source = write_nifti(tmp_path / "scan.nii", volume, affine)
+    assert main(["explain", str(checkpoint), str(source), "--class", "busy"]) == 0
+    summary = strict_json(capsys.readouterr().out)
+    assert summary["model_input_axes"] == "reoriented to RAS" and "frame_note" not in summary
+    assert summary["model_frame"]["model_spacing_mm"] == [1.5, 1.0, 2.0]
+    assert summary["model_frame"]["fit"] == "crop_or_pad"
+    written = nib.load(tmp_path / "scan.heatmap.nii.gz")
+    expected = nv.explain_volume(nv.load_checkpoint(checkpoint), volume, class_idx="busy", affine=affine)
+    assert expected.preprocessing["model_spacing_mm"] == [1.5, 1.0, 2.0]
+    np.testing.assert_allclose(written.get_fdata(), expected.heatmap, atol=1e-5)  # the same map, axes in another order
+    np.save(tmp_path / "plain.npy", volume)
+    assert main(["explain", str(checkpoint), str(tmp_path / "plain.npy")]) == 0
+    note = strict_json(capsys.readouterr().out)["frame_note"]
+    assert "expects RAS-oriented and 1.5×1×2 mm spacing volumes" in note and "geometry is unknown" in note
+
+
+def test_nonfinite_voxels_are_refused_or_replaced_as_asked(tmp_path, checkpoint, capsys):
+    volume = np.random.default_rng(9).normal(size=(16, 16, 16)).astype(np.float32)
+    volume[3, 4, 5] = np.nan
+    np.save(tmp_path / "nan.npy", volume)
+    refused(capsys, [checkpoint, tmp_path / "nan.npy"], "1 of 4096 voxels are not finite")
+    assert not (tmp_path / "nan.heatmap.npy").exists()
+    assert main(["explain", str(checkpoint), str(tmp_path / "nan.npy"), "--nonfinite", "replace"]) == 0
+    summary = strict_json(capsys.readouterr().out)
+    heatmap = np.load(summary["heatmap"])
+    assert heatmap.shape == volume.shape and np.isfinite(heatmap).all()
+    replaced = np.nan_to_num(volume, nan=0.0)
+    expected = nv.explain_volume(nv.load_checkpoint(checkpoint), replaced)
+    np.testing.assert_allclose(heatmap, expected.heatmap, atol=1e-6)
+    with pytest.raises(SystemExit):
+        main(["explain", str(checkpoint), str(tmp_path / "nan.npy"), "--nonfinite", "ignore"])

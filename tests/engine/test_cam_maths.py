@@ -91,7 +91,7 @@ def test_map_peaks_in_the_scored_token_at_its_centre(hot):
     flat = (hot[0] * grid[1] + hot[1]) * grid[2] + hot[2]
     model = OneTokenModel(patch, flat)
     x = torch.zeros(1, 1, *shape)
-    lo = [h * p for h, p in zip(hot, patch)]
+    lo = [h * p for h, p in zip(hot, patch, strict=False)]
     x[0, 0, lo[0] : lo[0] + patch[0], lo[1] : lo[1] + patch[1], lo[2] : lo[2] + patch[2]] = 1.0
 
     patch_map = nv.grad_cam(model, x, "target", 0, upsample="patch").cam[0]
@@ -103,8 +103,8 @@ def test_map_peaks_in_the_scored_token_at_its_centre(hot):
     smooth = nv.grad_cam(model, x, "target", 0, upsample="smooth").cam[0]
     peaks = torch.nonzero(smooth == smooth.max())
     assert inside[tuple(peaks.T)].all()  # the maximum lies in the scored token's patch
-    centre = [l + p / 2 - 0.5 for l, p in zip(lo, patch)]  # voxel-index centre of the patch
-    interior = [0 < h < g - 1 for h, g in zip(hot, grid)]
+    centre = [low + p / 2 - 0.5 for low, p in zip(lo, patch, strict=False)]  # voxel-index centre of the patch
+    interior = [0 < h < g - 1 for h, g in zip(hot, grid, strict=False)]
     for axis in range(3):
         along = peaks[:, axis].float()
         if interior[axis]:  # peak exactly at the patch centre (mean of the tied centre voxels)
@@ -156,8 +156,10 @@ def test_no_parameter_gradients_are_left_behind():
 def test_methods_table_gives_different_maps():
     model = nv.ViT3D(img_size=16, patch_size=4, width=32, depth=2, heads=2)
     x = torch.randn(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(5))
-    maps = {m: nv.grad_cam(model, x, "blocks.1.norm1", method=m).token_cam for m in nv.EXPLAINERS}
-    assert set(maps) >= {"gradcam", "hirescam", "layercam"}
+    maps = {m: nv.explain_tokens(model, x, m, "blocks.1.norm1").token_cam for m in nv.EXPLAINERS}
+    assert set(maps) >= {"gradcam", "hirescam", "layercam", "gradcampp", "xgradcam", "eigencam", "scorecam"}
+    assert set(maps) >= {"rollout", "relevance", "occlusion"}
+    assert all(m.shape == (1, 4, 4, 4) and bool(torch.isfinite(m).all()) for m in maps.values())
     assert not torch.allclose(maps["gradcam"], maps["hirescam"])
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         nv.grad_cam(model, x, "blocks.1.norm1", method="nope")

@@ -13,6 +13,7 @@ from napari_vitcam.models.architectures.vit3d import ViT3D, ViTConfig
 from napari_vitcam.models.loaded_model import LoadedModel
 from napari_vitcam.models.spec import InputSpec, ModelSpec
 from napari_vitcam.models.targets import example_input, targets_for
+from napari_vitcam.testing.thirdparty import vit_pytorch_simple_vit, vit_pytorch_vit
 
 CONFIG = ViTConfig(img_size=(16, 24, 16), patch_size=8, width=16, depth=3, heads=2, num_classes=2)
 
@@ -205,3 +206,38 @@ def test_probe_leaves_the_model_as_it_was(x):
     assert model.training and all(m.training for m in model.modules())
     assert sum(len(m._forward_hooks) for m in model.modules()) == hooks_before
     assert all(p.grad is None for p in model.parameters())
+
+
+class MonaiEncoderClassifier(nn.Module):
+    """MONAI's ViT as an encoder (UNETR's ``vit``): it returns its final norm's output; a pooled head on top."""
+
+    def __init__(self):
+        super().__init__()
+        from monai.networks.nets import ViT
+
+        self.vit = ViT(1, (16, 16, 16), (4, 4, 4), hidden_size=32, mlp_dim=64, num_layers=2, num_heads=2)
+        self.head = nn.Linear(32, 2)
+
+    def forward(self, x):
+        tokens, _ = self.vit(x)
+        return self.head(tokens.mean(1))
+
+
+def test_a_final_norm_the_encoder_returns_is_listed_and_recommended():
+    torch.manual_seed(0)
+    candidates = list_targets(MonaiEncoderClassifier(), torch.randn(1, 1, 16, 16, 16))
+    assert [c.label for c in candidates][-2:] == ["vit.blocks.1", "vit.norm (recommended)"]
+    assert candidates[-1].kind == "final_norm"
+
+
+def test_vit_pytorch_blocks_held_in_module_lists_offer_their_pre_norms():
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 16, 16, 16)
+    vit = [c.label for c in list_targets(vit_pytorch_vit(depth=3), x)]
+    assert vit == [
+        "transformer.layers.0.0.norm",
+        "transformer.layers.1.0.norm",
+        "transformer.layers.2.0.norm (recommended)",
+    ]
+    simple = [c.label for c in list_targets(vit_pytorch_simple_vit(depth=2), x)]
+    assert simple == ["transformer.layers.0.0.norm", "transformer.layers.1.0.norm", "transformer.norm (recommended)"]

@@ -2,6 +2,7 @@
 
 import json
 import sys
+import warnings
 
 import pytest
 import torch
@@ -195,9 +196,11 @@ def test_bundle_preprocessing_decides_size_and_order(tmp_path):
         }
     }
     root = write_bundle(tmp_path / "cnn_bundle", config, {"model": net.state_dict()}, metadata)
-    with pytest.warns(UserWarning, match="preprocessing Spacingd is not applied"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Spacingd is read into the spec, not skipped
         loaded = load_checkpoint(root)
     spec = loaded.spec
+    assert spec.input.spacing == (1.0, 1.0, 1.0) and spec.input.fit == "resize"
     assert spec.input.spatial_size == (24, 32, 24)  # the Resize, not metadata's spatial_shape
     assert spec.input.normalization == Normalization("zscore", nonzero=True)
     assert spec.input.resize_mode == "area"  # MONAI Resize's default mode
@@ -206,6 +209,80 @@ def test_bundle_preprocessing_decides_size_and_order(tmp_path):
     assert spec.target_layer in {"layer3", "layer4"} and spec.architecture == "monai:ResNet"
     x = torch.randn(1, 1, 24, 32, 24)
     assert torch.equal(loaded.model(x), net(x))
+
+
+def frame_bundle(tmp_path, transforms, name="frame_bundle"):
+    torch.manual_seed(0)
+    net = ResNet(**RESNET_ARGS).eval()
+    config = {
+        "network_def": {"_target_": "monai.networks.nets.ResNet", **RESNET_ARGS},
+        "preprocessing": {"_target_": "Compose", "transforms": transforms},
+    }
+    return write_bundle(tmp_path / name, config, {"model": net.state_dict()})
+
+
+def test_bundle_orientation_spacing_window_and_pad_or_crop_are_read_into_the_spec(tmp_path):
+    transforms = [
+        {"_target_": "LoadImaged", "keys": ["image", "label"]},
+        {"_target_": "EnsureChannelFirstd", "keys": ["image", "label"]},
+        {"_target_": "Orientationd", "keys": ["image", "label"], "axcodes": "RAS"},
+        {
+            "_target_": "monai.transforms.Spacingd",
+            "keys": ["image", "label"],
+            "pixdim": [1.5, 1.5, 2.0],
+            "mode": ["bilinear", "nearest"],
+        },
+        {
+            "_target_": "ScaleIntensityRanged",
+            "keys": "image",
+            "a_min": -57,
+            "a_max": 164,
+            "b_min": 0,
+            "b_max": 1,
+            "clip": True,
+        },
+        {"_target_": "ResizeWithPadOrCropd", "keys": ["image", "label"], "spatial_size": [32, 40, 24]},
+    ]
+    root = frame_bundle(tmp_path, transforms)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spec = load_checkpoint(root).spec
+    assert spec.input.orientation == "RAS" and spec.input.spacing == (1.5, 1.5, 2.0)
+    assert spec.input.fit == "crop_or_pad" and spec.input.spatial_size == (32, 40, 24)
+    assert spec.input.resize_mode == "trilinear"  # the image's bilinear, not the label's nearest
+    assert spec.input.normalization == Normalization("window", window=(-57.0, 164.0), out_range=(0.0, 1.0), clip=True)
+    assert spec.input.normalize_first
+
+
+def test_bundle_array_transforms_are_read_too(tmp_path):
+    transforms = [
+        {"_target_": "LoadImage", "image_only": True},
+        {"_target_": "Orientation", "axcodes": "lps"},
+        {"_target_": "Spacing", "pixdim": 2.0, "mode": "nearest"},
+        {"_target_": "Resize", "spatial_size": [16, 16, 16], "mode": "trilinear"},
+        {"_target_": "ScaleIntensityRange", "a_min": 0, "a_max": 100},
+    ]
+    spec = load_checkpoint(frame_bundle(tmp_path, transforms)).spec
+    assert (spec.input.orientation, spec.input.spacing, spec.input.fit) == ("LPS", (2.0, 2.0, 2.0), "resize")
+    assert spec.input.resize_mode == "trilinear" and not spec.input.normalize_first
+    assert spec.input.normalization == Normalization("window", window=(0.0, 100.0), clip=False)
+
+
+@pytest.mark.parametrize(
+    ("transform", "reason"),
+    [
+        ({"_target_": "Spacingd", "keys": "image", "pixdim": [1, 1, 0]}, r"Spacingd? to \[1, 1, 0\]"),
+        ({"_target_": "Spacingd", "keys": "image", "pixdim": [1, 1, 1], "diagonal": True}, "diagonal=True"),
+        ({"_target_": "Spacingd", "keys": "image", "pixdim": [1, 1, 1], "padding_mode": "zeros"}, "padding_mode"),
+        ({"_target_": "Orientationd", "keys": "image", "axcodes": "RAR"}, "not three axis codes"),
+        ({"_target_": "ResizeWithPadOrCropd", "keys": "image", "spatial_size": [8, 8, 8], "mode": "edge"}, "constant"),
+    ],
+)
+def test_bundle_frame_transforms_that_cannot_be_read_are_said(tmp_path, transform, reason):
+    transforms = [transform, {"_target_": "Resized", "keys": "image", "spatial_size": [16, 16, 16]}]
+    with pytest.warns(UserWarning, match=f"preprocessing not understood and not applied: .*{reason}"):
+        spec = load_checkpoint(frame_bundle(tmp_path, transforms)).spec
+    assert (spec.input.orientation, spec.input.spacing, spec.input.fit) == (None, None, "resize")
 
 
 def test_yaml_bundle_without_metadata(tmp_path, vit, x):

@@ -80,6 +80,15 @@ def test_the_reference_spec_loads(tmp_path, vit):
         ({"input__spatial_size": [16, "16", 16]}, "spatial_size must be 3 positive ints"),
         ({"input__spatial_size": [100000, 100000, 100000]}, f"({limits.MAX_SIDE} voxels along an axis"),
         ({"input__resize_mode": "cubic"}, "resize_mode must be one of trilinear, area, nearest"),
+        ({"input__orientation": "RAR"}, "input.orientation must be three axis codes, one of R/L, A/P and S/I"),
+        ({"input__orientation": ["R", "A", "S"]}, "input.orientation must be three axis codes"),
+        ({"input__spacing": [1, 1]}, "input.spacing must be three voxel sizes in mm, each above 0 and at most 1000"),
+        ({"input__spacing": [1, 0, 1]}, "input.spacing must be three voxel sizes in mm"),
+        ({"input__spacing": [1, "1", 1]}, "input.spacing must be three voxel sizes in mm"),
+        ({"input__spacing": [1, 1, float("inf")]}, "input.spacing must be three voxel sizes in mm"),
+        ({"input__spacing": [1, 1, 5000]}, "input.spacing must be three voxel sizes in mm"),
+        ({"input__fit": "pad"}, "input.fit must be one of resize, crop_or_pad, got 'pad'"),
+        ({"input__fit": "crop_or_pad", "input__resize_mode": "area"}, "with fit crop_or_pad use trilinear or nearest"),
         ({"class_names": "ab"}, "class_names must be a list of strings, got 'ab'"),
         ({"class_names": ["a", 2]}, "class_names must be a list of strings"),
         ({"class_names": ["a", "b", "c"]}, "the spec names 3 classes but the model's head has 2 outputs"),
@@ -167,6 +176,10 @@ def test_a_spec_without_input_for_a_model_without_a_size_is_refused(tmp_path, cn
         (lambda: InputSpec(spatial_size=(100000, 100000, 100000)), "is over the bounds"),
         (lambda: InputSpec(spatial_size=(2048, 2048, 2048)), f"{limits.MAX_VOXELS:,} in all"),
         (lambda: InputSpec(normalize_first="no"), "input.normalize_first must be true or false"),
+        (lambda: InputSpec(orientation="XYZ"), "input.orientation must be three axis codes"),
+        (lambda: InputSpec(spacing=(1.0, -1.0, 1.0)), "input.spacing must be three voxel sizes in mm"),
+        (lambda: InputSpec(spacing=(True, 1, 1)), "input.spacing must be three voxel sizes in mm"),
+        (lambda: InputSpec(fit=None), "input.fit must be one of resize, crop_or_pad"),
         (lambda: ModelSpec(class_names="ab"), "class_names must be a list of strings"),
         (lambda: ViTConfig(width=200000, heads=1), "width must be an int from 1 to 16384"),
         (lambda: ViTConfig(mlp_ratio=float("inf")), "mlp_ratio must be a number in (0.0, 64.0]"),
@@ -228,6 +241,24 @@ def test_every_saved_spec_loads_back_unchanged(tmp_path, vit):
     spec = SPEC.with_(class_names=("healthy", "lesion"), target_layer="blocks.0.norm1")
     loaded = load_checkpoint(save_checkpoint(tmp_path / "model.pt", vit, spec))
     assert loaded.spec == spec and loaded.spec.arguments["width"] == 16
+
+
+def test_the_frame_fields_survive_saving_and_loading(tmp_path, vit):
+    frame_input = InputSpec(spatial_size=(16, 16, 16), orientation="las", spacing=(1, 1.5, 2), fit="crop_or_pad")
+    spec = SPEC.with_(input=frame_input, class_names=("healthy", "lesion"), target_layer="blocks.0.norm1")
+    assert spec.input.orientation == "LAS" and spec.input.spacing == (1.0, 1.5, 2.0)
+    assert ModelSpec.from_json(spec.to_json()) == spec
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "model.safetensors", vit, spec))
+    assert loaded.spec == spec
+
+
+def test_a_spec_written_before_the_frame_fields_loads_unchanged(tmp_path, vit):
+    old = SPEC.to_dict()
+    for key in ("orientation", "spacing", "fit"):
+        del old["input"][key]
+    loaded = load_checkpoint(write_native(tmp_path / "model.safetensors", vit, old))
+    assert loaded.spec.input == SPEC.input
+    assert (loaded.spec.input.orientation, loaded.spec.input.spacing, loaded.spec.input.fit) == (None, None, "resize")
 
 
 def test_a_monai_spec_without_input_takes_img_size(tmp_path):

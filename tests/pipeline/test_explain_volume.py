@@ -6,9 +6,11 @@ import torch
 from torch import nn
 
 import napari_vitcam as nv
+from napari_vitcam.models.architectures.vit3d import Block
 from napari_vitcam.models.loaded_model import LoadedModel
 from napari_vitcam.models.spec import InputSpec, ModelSpec, Normalization
 from napari_vitcam.pipeline.explain import explain_volume
+from napari_vitcam.testing.thirdparty import monai_vit, vit_pytorch_simple_vit, vit_pytorch_vit
 
 
 class BrightSpotModel(nn.Module):
@@ -28,11 +30,8 @@ class BrightSpotModel(nn.Module):
         return torch.cat([score, -score], dim=1)
 
 
-RAW = Normalization("none")
-
-
-def loaded(norm=RAW, size=(32, 32, 32), channels=1):
-    spec = ModelSpec(InputSpec(channels, size, norm), ("bright", "dark"), "blocks.0")
+def loaded(norm=None, size=(32, 32, 32), channels=1):
+    spec = ModelSpec(InputSpec(channels, size, norm or Normalization("none")), ("bright", "dark"), "blocks.0")
     return LoadedModel(BrightSpotModel(), spec)
 
 
@@ -173,3 +172,73 @@ def test_device_out_of_memory_moves_the_model_back_to_the_cpu():
     with pytest.raises(nv.DeviceOutOfMemoryError, match="out of memory on cpu"):
         explain_volume(LoadedModel(model, spec), np.zeros((32, 32, 32), np.float32), device="cpu")
     assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def third_party(build, score_layer=None):
+    spec = ModelSpec(InputSpec(1, (16, 16, 16), Normalization("zscore")), ("a", "b"), None, score_layer=score_layer)
+    return LoadedModel(build(), spec)
+
+
+THIRD_PARTY = {
+    "vit-pytorch ViT": lambda: third_party(vit_pytorch_vit),
+    "vit-pytorch SimpleViT": lambda: third_party(vit_pytorch_simple_vit),
+    "MONAI ViT": lambda: third_party(monai_vit, "classification_head.0"),
+}
+
+
+@pytest.mark.parametrize("model", list(THIRD_PARTY))
+@pytest.mark.parametrize("method", ["relevance", "rollout"])
+def test_third_party_vits_explained_end_to_end_by_attention_without_a_target(model, method):
+    torch.manual_seed(0)
+    volume = np.random.default_rng(2).normal(size=(20, 18, 24)).astype(np.float32)
+    before = volume.copy()
+    result = explain_volume(THIRD_PARTY[model](), volume, method=method, device="cpu")
+    np.testing.assert_array_equal(volume, before)
+    assert result.heatmap.shape == volume.shape and result.heatmap.dtype == np.float32
+    assert result.raw_max > 0 and result.heatmap.max() == pytest.approx(1.0) and result.heatmap.min() >= 0
+    assert result.token_cam.shape == (4, 4, 4) and result.method == method
+    assert "attention" in result.target_layer
+
+
+@pytest.mark.parametrize("model", list(THIRD_PARTY))
+def test_third_party_vits_explained_end_to_end_by_a_layer_method_at_a_listed_target(model):
+    loaded_model = THIRD_PARTY[model]()
+    target = nv.recommended_target(nv.targets_for(loaded_model))
+    assert target is not None
+    volume = np.random.default_rng(3).normal(size=(16, 16, 16)).astype(np.float32)
+    result = explain_volume(loaded_model, volume, target_layer=target, method="gradcampp", device="cpu")
+    assert result.token_cam.shape == (4, 4, 4) and result.raw_max > 0 and result.target_layer == target
+
+
+def test_a_layer_method_without_any_target_is_a_one_line_error():
+    with pytest.raises(nv.InputError, match="no target layer given") as info:
+        explain_volume(third_party(vit_pytorch_vit), np.zeros((16, 16, 16), np.float32), method="xgradcam")
+    assert "\n" not in str(info.value)
+
+
+class HiddenPatches(nn.Module):
+    """A ViT whose patches are cut by a reshape in forward: nothing in the model says its grid."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(64, 16)
+        self.blocks = nn.ModuleList([Block(16, 2, 2.0, 0.0) for _ in range(2)])
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x):
+        b = x.shape[0]
+        patches = x.reshape(b, 4, 4, 4, 4, 4, 4).permute(0, 1, 3, 5, 2, 4, 6).reshape(b, 64, 64)
+        t = self.embed(patches)
+        for block in self.blocks:
+            t = block(t)
+        return self.head(t.mean(1))
+
+
+def test_token_grid_through_explain_volume_where_the_model_does_not_say_it():
+    spec = ModelSpec(InputSpec(1, (16, 16, 16)), ("a", "b"), "blocks.1.norm1")
+    volume = np.random.default_rng(4).normal(size=(16, 16, 16)).astype(np.float32)
+    for method in ("gradcam", "relevance"):
+        with pytest.raises(nv.LayoutError, match=r"token_grid=\(d, h, w\)"):
+            explain_volume(LoadedModel(HiddenPatches(), spec), volume, method=method)
+        result = explain_volume(LoadedModel(HiddenPatches(), spec), volume, method=method, token_grid=(4, 4, 4))
+        assert result.token_cam.shape == (4, 4, 4) and result.raw_max > 0

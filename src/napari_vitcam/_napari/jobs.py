@@ -24,7 +24,7 @@ from qtpy.QtCore import QObject, Signal
 from napari_vitcam._napari.layer_input import VolumeSelection
 from napari_vitcam._napari.native_libraries import preload_triton
 from napari_vitcam.core.errors import Cancelled, VitcamError
-from napari_vitcam.engine.cam import model_lock
+from napari_vitcam.engine.capture import model_lock
 from napari_vitcam.engine.targets import TargetCandidate
 from napari_vitcam.models.loaded_model import LoadedModel
 from napari_vitcam.models.targets import targets_for
@@ -64,7 +64,9 @@ class ExplainRequest:
     ``data`` is the source's (full-resolution) data as it was at Run: a result
     is shown only if the source still holds that same array. ``class_label``
     (as the user chose it) and ``keep_previous`` are for showing the result;
-    ``nonfinite`` says whether NaN/Inf voxels are refused or replaced.
+    ``nonfinite`` says whether NaN/Inf voxels are refused or replaced;
+    ``affine``: the source's voxel-to-RAS affine (None: unknown), for a model
+    that declares its orientation or spacing.
     """
 
     loaded: LoadedModel
@@ -79,6 +81,7 @@ class ExplainRequest:
     class_label: str = "predicted"
     keep_previous: bool = False
     nonfinite: NonFinite = "error"
+    affine: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,7 @@ def explain_task(request: ExplainRequest) -> Task:
             progress=progress,
             cancel=cancel,
             nonfinite=request.nonfinite,
+            affine=request.affine,
         )
         if cancel.is_set():
             raise Cancelled("cancelled")

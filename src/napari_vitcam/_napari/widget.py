@@ -46,6 +46,7 @@ from napari_vitcam._napari.jobs import (
     start_job,
 )
 from napari_vitcam._napari.layer_choice import LayerChoice
+from napari_vitcam._napari.layer_geometry import layer_affine_ras
 from napari_vitcam._napari.layer_input import full_resolution, select_volume
 from napari_vitcam._napari.native_libraries import preload_triton
 from napari_vitcam._napari.prediction_view import PredictionView
@@ -351,6 +352,7 @@ class VitcamWidget(QWidget):
             device=self.device_combo.currentData(),
             keep_previous=self.keep_check.isChecked(),
             nonfinite="replace" if self.replace_check.isChecked() else "error",
+            affine=layer_affine_ras(source),
         )
 
     def _rerun_on_cpu(self) -> None:
@@ -403,6 +405,8 @@ class VitcamWidget(QWidget):
         self.last_run = result
         self.evaluate.set_run(result, self._outcome if isinstance(self._outcome, Layer) else None)
         self.prediction.show_explanation(explanation, request.source.name)
+        if "frame_note" in explanation.preprocessing:
+            notices.notify(f"Grad-CAM: {explanation.preprocessing['frame_note']}", severity="warning")
 
     def cancel(self, *_args) -> None:
         """Stop the running job: a run stops at the model's next module call."""

@@ -9,7 +9,9 @@ exactly the file named, with the volume's geometry where the format keeps it
 
 A volume with geometry (NIfTI, DICOM) is given to the model with its axes in
 world order, exactly as the napari reader shows it, so the command line and
-the widget explain the same array; the heatmap is written back in the file's
+the widget explain the same array, together with its affine: a checkpoint
+that declares an orientation or a spacing (or ``--orientation``) has the scan
+reoriented and resampled to it. The heatmap is written back in the file's
 own axis order, with the file's affine.
 """
 
@@ -24,9 +26,10 @@ from typing import Any
 
 from napari_vitcam.core.errors import VitcamError
 from napari_vitcam.core.vocabulary import UPSAMPLE_MODES, one_line
+from napari_vitcam.pipeline.checks import NONFINITE_CHOICES
 from napari_vitcam.pipeline.frame import ModelFrame
 from napari_vitcam.volumes.base import Volume, json_ready, path_suffix
-from napari_vitcam.volumes.geometry import world_view
+from napari_vitcam.volumes.geometry import permuted, world_view
 from napari_vitcam.volumes.registry import read_volume, reader_for, writer_suffixes
 from napari_vitcam.volumes.writing import check_output, write_heatmap
 
@@ -66,11 +69,11 @@ def provenance_of(result: Any, loaded: Any, volume: Volume) -> dict[str, Any]:
     )
 
 
-def _model_axes(volume: Volume, frame: ModelFrame | None) -> str:
+def _model_axes(volume: Volume, preprocessing: dict[str, Any]) -> str:
     if volume.affine is None:
         return "file order (no geometry)"
-    if frame is not None:
-        return f"reoriented to {frame.orientation}"
+    if preprocessing.get("frame"):
+        return f"reoriented to {preprocessing['frame']}"
     return "world order (S, P, L), as napari shows it"
 
 
@@ -104,7 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         metavar="CODES",
         help="the orientation the model was trained on, e.g. RAS: a NIfTI/DICOM scan is reoriented to it "
-        "(default: the axes in world order S, P, L, as napari shows them)",
+        "(default: the checkpoint's, else the axes in world order S, P, L, as napari shows them)",
+    )
+    parser.add_argument(
+        "--nonfinite",
+        default="error",
+        choices=NONFINITE_CHOICES,
+        help="NaN/Inf voxels: refuse the volume (error, the default) or replace them "
+        "(NaN by 0, ±Inf by the volume's finite extremes)",
     )
     parser.add_argument("--trust", action="store_true", help="allow full unpickling (only for files you trust)")
     args = parser.parse_args(argv)
@@ -115,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         volume = read_volume(args.volume, key=args.key)
         output = args.output if args.output is not None else default_output(args.volume, volume)
-        frame = ModelFrame(args.orientation) if args.orientation else None  # checked before anything is loaded
+        orientation = ModelFrame(args.orientation) if args.orientation else None  # checked before anything is loaded
         read_from = [Path(p) for p in volume.metadata.get("paths", ())]  # every file of a DICOM series
         inputs = (args.volume, args.checkpoint, *read_from)
         writer = check_output(output, inputs=inputs, force=args.force, source=volume)
@@ -124,8 +134,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from napari_vitcam.pipeline.explain import explain_volume
 
         loaded = load_checkpoint(args.checkpoint, trust=args.trust)
-        # without a declared frame, the same array napari shows and explains; with one, the frame decides
-        view = world_view(volume.array, volume.affine if frame is None else None)
+        # --orientation replaces the checkpoint's orientation and keeps its spacing
+        frame = None if orientation is None else ModelFrame(orientation.orientation, loaded.spec.input.spacing)
+        # the same array napari shows and explains, with its own affine: the frame (if any) decides the rest
+        view = world_view(volume.array, volume.affine)
+        view_affine = volume.affine
+        if volume.affine is not None and view.affine is not None and volume.array.ndim == 3:
+            view_affine = permuted(volume.affine, view.order)
         result = explain_volume(
             loaded,
             view.array,
@@ -134,8 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             method=args.method,
             upsample=args.upsample,
             device=args.device,
-            affine=volume.affine,
+            affine=view_affine,
             frame=frame,
+            nonfinite=args.nonfinite,
         )
         written = write_heatmap(
             output,
@@ -159,7 +175,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "raw_max": result.raw_max,
             "probabilities": dict(result.ranked_probabilities),
             "device": result.device,
-            "model_input_axes": _model_axes(volume, frame),
+            "model_input_axes": _model_axes(volume, result.preprocessing),
+            "model_frame": {
+                key: result.preprocessing[key]
+                for key in ("frame", "model_spacing_mm", "volume_spacing_mm", "fit", "resampled_shape", "crop_start")
+                if key in result.preprocessing
+            },
             **({"frame_note": result.preprocessing["frame_note"]} if "frame_note" in result.preprocessing else {}),
         }
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -20,8 +19,8 @@ from torch import nn
 
 from napari_vitcam.core.errors import DegenerateTargetError, InputError, ModelOutputError, TargetLayerError
 from napari_vitcam.core.vocabulary import Upsample
-from napari_vitcam.engine.capture import cancellable, capture_as_leaf, capture_outputs, eval_mode
-from napari_vitcam.engine.explainers.base import LayerExplainer, LayerInputs
+from napari_vitcam.engine.capture import cancellable, capture_as_leaf, capture_outputs, eval_mode, model_lock
+from napari_vitcam.engine.explainers.base import LayerExplainer, LayerInputs, Scorer
 from napari_vitcam.engine.explainers.registry import get_explainer
 from napari_vitcam.engine.introspect import (
     declared_patch_size,
@@ -30,40 +29,25 @@ from napari_vitcam.engine.introspect import (
     read_logits,
     resolve_module,
 )
+from napari_vitcam.engine.layout_check import establish_layout
 from napari_vitcam.engine.token_grid import Layout, TokenGrid, TokenLayout, as_tokens, grid_from_patches
 from napari_vitcam.engine.voxel_map import tokens_to_voxels
 
 Progress = Callable[[str], None]
 ClassIndex = int | Sequence[int] | torch.Tensor | None
 
-_locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
-_locks_guard = threading.Lock()
-
-
-def model_lock(model: nn.Module) -> threading.RLock:
-    """The lock that serialises explanations of ``model`` across threads.
-
-    An explanation hooks the model's modules and switches their training flags
-    for the length of a forward and backward pass; two at once on one model
-    would each see the other's activations. :func:`grad_cam` holds this lock
-    for its whole run; hold it too around anything else done to the model for
-    a run (moving it to a device). Reentrant, one per model, gone with the model.
-    """
-    with _locks_guard:
-        lock = _locks.get(model)
-        if lock is None:
-            lock = _locks[model] = threading.RLock()
-        return lock
-
 
 @dataclass(frozen=True)
 class CamResult:
-    """What :func:`grad_cam` computed. Tensors stay on the model's device.
+    """What :func:`grad_cam` or :func:`~napari_vitcam.engine.dispatch.explain_tokens` computed.
 
-    ``cam`` (B, D, H, W) and ``token_cam`` (B, d, h, w) are raw: ReLU applied,
-    in class-score units, not normalised. ``logits`` are the scores explained
-    (the ``score_layer``'s output when one is named); ``output_logits`` are the
+    Tensors stay on the model's device. ``cam`` (B, D, H, W) and ``token_cam``
+    (B, d, h, w) are raw: in the method's units (class-score units for the CAM
+    family), not normalised. ``logits`` are the scores explained (the
+    ``score_layer``'s output when one is named); ``output_logits`` are the
     model's own output, where it reads as (batch, classes) scores.
+    ``target_layer`` names the layer a layer method read; for an attention
+    method ``attention_layers`` lists where each block's attention was read.
     """
 
     cam: torch.Tensor
@@ -77,6 +61,7 @@ class CamResult:
     score_layer: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     output_logits: torch.Tensor | None = None
+    attention_layers: tuple[str, ...] = ()
 
     @property
     def grid(self) -> TokenGrid:
@@ -132,12 +117,13 @@ def _patch_grid(model: nn.Module, input_shape, embed_shape, token_grid) -> Token
     if token_grid is not None:
         shape = tuple(int(g) for g in token_grid)
         if patch_size is None:
-            cell = tuple(s / g for s, g in zip(input_shape, shape))
+            cell = tuple(s / g for s, g in zip(input_shape, shape, strict=False))
         else:
             cell = tuple(float(p) for p in patch_size)
-        return TokenGrid(shape, cell, input_shape)
-    if embed_shape is not None:
-        return TokenGrid(tuple(embed_shape), tuple(float(s) for s in patch[1].stride), input_shape)
+        return TokenGrid(shape, cell, input_shape)  # type: ignore[arg-type]
+    if embed_shape is not None and patch is not None:
+        stride = tuple(float(s) for s in patch[1].stride)
+        return TokenGrid(tuple(embed_shape), stride, input_shape)  # type: ignore[arg-type]
     if patch_size is not None:
         return grid_from_patches(input_shape, patch_size)
     return None
@@ -152,6 +138,62 @@ def _suggest_working_target(model, x, target_name, score_layer) -> str:
         return "an earlier layer"
     working = [c.name for c in candidates if not c.zero_gradient and c.name != target_name]
     return repr(working[-1]) if working else "an earlier layer"
+
+
+def make_scorer(model: nn.Module, class_index: int, score_module: nn.Module | None = None) -> Scorer:
+    """A function that runs ``model`` on a batch, without gradients, and returns class ``class_index``'s score of each.
+
+    ``score_module``: the module whose output is the score (None: the model's logits).
+    """
+
+    def score(batch: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            if score_module is None:
+                return read_logits(model(batch))[:, class_index]
+            with capture_outputs({"score": score_module}) as seen:
+                model(batch)
+            return seen["score"][-1][:, class_index]
+
+    return score
+
+
+def explain_layer_map(
+    model: nn.Module,
+    x: torch.Tensor,
+    explainer: LayerExplainer,
+    module: nn.Module,
+    name: str,
+    activation: torch.Tensor,
+    gradient: torch.Tensor,
+    logits: torch.Tensor,
+    classes: torch.Tensor,
+    grid: TokenGrid | None,
+    input_shape: tuple[int, ...],
+    layout: Layout = "auto",
+) -> tuple[torch.Tensor, TokenLayout]:
+    """A gradient layer method's (B, d, h, w) token map from a layer's recorded activation and gradient.
+
+    Args:
+        model: the model (run again only to establish a 5-D output's layout).
+        x: the input the activation came from.
+        explainer: the layer method.
+        module: the layer; ``name`` its dotted name.
+        activation: its output; ``gradient``: the class score's gradient there.
+        logits: (B, classes) the model's output; ``classes``: (B,) the classes explained.
+        grid: the model's token grid, or None.
+        input_shape: the input's spatial shape.
+        layout: the output's layout; ``"auto"`` establishes it (:func:`establish_layout` for 5-D outputs).
+    """
+    shape3 = tuple(int(s) for s in input_shape)
+    if layout == "auto" and activation.ndim == 5:
+        device = activation.device
+        layout = establish_layout(model, x[:1].to(device), module, name, tuple(activation.shape), grid, shape3)  # type: ignore[assignment]
+    with torch.no_grad():
+        tokens, token_layout = as_tokens(activation, grid, shape3, layout=layout, module=module, name=name)
+        grads, _ = as_tokens(gradient, grid, shape3, layout=token_layout.layout, module=module, name=name)
+        scores = logits.detach().gather(1, classes[:, None])[:, 0].float()
+        token_cam = explainer.token_map(LayerInputs(tokens.float(), grads.float(), scores))
+    return token_cam.reshape(-1, *token_layout.grid.shape), token_layout
 
 
 def _sync(device: torch.device) -> None:
@@ -173,6 +215,7 @@ def grad_cam(
     out_shape: tuple[int, int, int] | None = None,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
+    batch_size: int = 16,
 ) -> CamResult:
     """Grad-CAM of ``model`` at ``target_layer`` for input ``x`` (B, C, D, H, W).
 
@@ -184,6 +227,8 @@ def grad_cam(
     shape is taken to span the same extent (the volume ``x`` was resized from).
     ``progress`` is called with each stage's name; setting ``cancel`` stops the
     run at the next module call with :class:`~napari_vitcam.core.errors.Cancelled`.
+    ``method`` is any layer explainer of the registry; ``batch_size`` is how
+    many masked inputs a method that runs the model again (Score-CAM) scores at once.
     """
     explainer = get_explainer(method)
     if not isinstance(explainer, LayerExplainer):
@@ -209,7 +254,7 @@ def grad_cam(
         stack.enter_context(eval_mode(model))
         stack.enter_context(torch.inference_mode(False))
         capture = stack.enter_context(capture_as_leaf(target, target_name))
-        watched = {}
+        watched: dict[str, nn.Module] = {}
         if patch is not None:
             watched["embed"] = patch[1]
         if score_name is not None:
@@ -248,8 +293,10 @@ def grad_cam(
 
         report("backward")
         start = time.perf_counter()
-        score = logits.gather(1, classes[:, None]).sum()
-        (gradient,) = torch.autograd.grad(score, activation, allow_unused=True)
+        gradient = None
+        if explainer.needs_gradients:
+            score = logits.gather(1, classes[:, None]).sum()
+            (gradient,) = torch.autograd.grad(score, activation, allow_unused=True)
         if gradient is None:
             gradient = torch.zeros_like(activation)
         _sync(device)
@@ -259,6 +306,12 @@ def grad_cam(
         start = time.perf_counter()
         embed_shape = tuple(seen["embed"][-1].shape[2:]) if seen.get("embed") else None
         grid = _patch_grid(model, input_shape, embed_shape, token_grid)
+        if layout == "auto" and activation.ndim == 5:
+            calls = len(capture.activations)
+            layout = establish_layout(  # type: ignore[assignment]
+                model, x[:1].to(device), target, target_name, tuple(activation.shape), grid, input_shape
+            )
+            del capture.activations[calls:]
         with torch.no_grad():
             tokens, token_layout = as_tokens(
                 activation.detach(), grid, input_shape, layout=layout, module=target, name=target_name
@@ -266,7 +319,7 @@ def grad_cam(
             grads, _ = as_tokens(
                 gradient, grid, input_shape, layout=token_layout.layout, module=target, name=target_name
             )
-            degenerate = not bool(grads.any())
+            degenerate = explainer.needs_gradients and not bool(grads.any())
             if degenerate:
                 stack.close()  # hooks off and model state restored before probing for a working layer
                 working = _suggest_working_target(model, x.to(device), target_name, score_name)
@@ -276,16 +329,27 @@ def grad_cam(
                     f"use {working}"
                 )
             scores = logits.detach().gather(1, classes[:, None])[:, 0].float()
-            token_cam = explainer.token_map(LayerInputs(tokens.float(), grads.float(), scores))
-            token_cam = token_cam.reshape(-1, *token_layout.grid.shape)
-            _sync(device)
-            timings["map"] = time.perf_counter() - start
+        tokens, grads = tokens.float(), grads.float()
 
-            report("upsample")
-            start = time.perf_counter()
-            cam = tokens_to_voxels(token_cam, token_layout.grid, out_shape, mode=upsample)
-            _sync(device)
-            timings["upsample"] = time.perf_counter() - start
+    # The hooks are off from here: a method that runs the model again (Score-CAM) sees it as it is.
+    with torch.no_grad():
+        if explainer.needs_forward:
+            with eval_mode(model), cancellable(model, cancel):
+                xd = x.to(device)
+                scorers = [make_scorer(model, int(c), score_module if score_name else None) for c in classes]
+                inputs = LayerInputs(tokens, grads, scores, xd, scorers, token_layout.grid, batch_size)
+                token_cam = explainer.token_map(inputs)
+        else:
+            token_cam = explainer.token_map(LayerInputs(tokens, grads, scores))
+        token_cam = token_cam.reshape(-1, *token_layout.grid.shape)
+        _sync(device)
+        timings["map"] = time.perf_counter() - start
+
+        report("upsample")
+        start = time.perf_counter()
+        cam = tokens_to_voxels(token_cam, token_layout.grid, out_shape, mode=upsample)
+        _sync(device)
+        timings["upsample"] = time.perf_counter() - start
 
     return CamResult(
         cam=cam,

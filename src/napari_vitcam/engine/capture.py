@@ -6,10 +6,13 @@ the body raises.
 
 from __future__ import annotations
 
+import functools
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
 
 import torch
 from torch import nn
@@ -110,6 +113,21 @@ def capture_outputs(modules: Mapping[str, nn.Module]) -> Iterator[dict[str, list
         yield captured
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def with_gradients(function: Callable[P, R]) -> Callable[P, R]:
+    """Run ``function`` with autograd on, whatever grad mode the caller is in (``no_grad``, ``inference_mode``)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with torch.inference_mode(False), torch.enable_grad():
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put every submodule in eval mode; restore each one's own flag on exit."""
@@ -139,3 +157,24 @@ def cancellable(model: nn.Module, cancel: threading.Event | None) -> Iterator[No
     finally:
         for handle in handles:
             handle.remove()
+
+
+# One lock per model, created on first use and dropped with the model: the only module-level state of the engine.
+_locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock that serialises explanations of ``model`` across threads.
+
+    An explanation hooks the model's modules and switches their training flags
+    for the length of a forward and backward pass; two at once on one model
+    would each see the other's activations. Every explanation (:func:`~napari_vitcam.engine.cam.grad_cam`, ``explain_tokens``, the sweeps, target probing) holds it
+    for its whole run; hold it too around anything else done to the model for
+    a run (moving it to a device). Reentrant, one per model, gone with the model.
+    """
+    with _locks_guard:
+        lock = _locks.get(model)
+        if lock is None:
+            lock = _locks[model] = threading.RLock()
+        return lock

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping
 
 import torch
@@ -32,10 +33,10 @@ def resolve_module(model: nn.Module, layer: str | nn.Module, what: str = "target
 
 
 def model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for parameter in model.parameters():
+        return parameter.device
+    for buffer in model.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 
@@ -87,6 +88,27 @@ def find_block_list(model: nn.Module) -> tuple[str, list[str]] | None:
     return best
 
 
+def _is_layer_norm_block(module: nn.Module) -> bool:
+    return isinstance(dict(module.named_children()).get("norm1"), nn.LayerNorm)
+
+
+def find_stage_lists(model: nn.Module) -> list[tuple[str, list[str]]]:
+    """Every list of transformer blocks (children with a LayerNorm ``norm1``), in definition order.
+
+    A hierarchical transformer (MONAI's ``SwinTransformer``) holds one list per
+    stage, each on its own grid; a plain ViT holds one.
+    """
+    out = []
+    for name, module in model.named_modules():
+        if not isinstance(module, _CONTAINERS):
+            continue
+        children = list(module.named_children())
+        if children and all(_is_layer_norm_block(c) for _, c in children):
+            prefix = f"{name}." if name else ""
+            out.append((name, [prefix + child for child, _ in children]))
+    return out
+
+
 def find_patch_embedding(model: nn.Module) -> tuple[str, nn.Conv3d] | None:
     """The first Conv3d whose kernel equals its stride with no padding: a patch embedding."""
     for name, module in model.named_modules():
@@ -101,17 +123,46 @@ def find_patch_embedding(model: nn.Module) -> tuple[str, nn.Conv3d] | None:
 
 
 def declared_patch_size(model: nn.Module) -> Triple | None:
-    """A patch size the model declares: a ``patch_size`` attribute, or einops' p1/p2/p3."""
+    """A patch size the model declares.
+
+    A 3-sequence or int ``patch_size`` attribute, or an einops ``Rearrange``
+    that cuts the input's last three axes into patches, whatever its axis
+    names (``'b c (d p1) (h p2) (w p3) -> ...'``, or vit-pytorch's
+    ``'b c (f pf) (h p1) (w p2) -> ...'`` whose frame patch size is ``pf``
+    beside a 2-tuple ``patch_size``).
+    """
     for module in model.modules():
         size = getattr(module, "patch_size", None)
         if isinstance(size, int) and size > 0:
             return (size, size, size)
         if isinstance(size, (tuple, list)) and len(size) == 3 and all(isinstance(s, int) for s in size):
-            return tuple(size)  # type: ignore[return-value]
-        lengths = getattr(module, "axes_lengths", None)
-        if isinstance(lengths, dict) and {"p1", "p2", "p3"} <= set(lengths):
-            return (int(lengths["p1"]), int(lengths["p2"]), int(lengths["p3"]))
+            return tuple(size)
+        from_pattern = _einops_patch_size(module)
+        if from_pattern is not None:
+            return from_pattern
     return None
+
+
+_GROUP = re.compile(r"\([^)]*\)|\S+")
+
+
+def _einops_patch_size(module: nn.Module) -> Triple | None:
+    """The patch size an einops Rearrange cuts the last three input axes into, or None."""
+    pattern = getattr(module, "pattern", None)
+    lengths = getattr(module, "axes_lengths", None)
+    if not isinstance(pattern, str) or "->" not in pattern or not isinstance(lengths, dict):
+        return None
+    left = _GROUP.findall(pattern.split("->")[0])
+    if len(left) < 5:
+        return None
+    patch = []
+    for group in left[-3:]:
+        names = group.strip("()").split()
+        sizes = [int(lengths[n]) for n in names[1:] if n in lengths]
+        if not group.startswith("(") or len(names) != 2 or len(sizes) != 1:
+            return None
+        patch.append(sizes[0])
+    return tuple(patch)  # type: ignore[return-value]
 
 
 def _as_tuple(value) -> tuple:

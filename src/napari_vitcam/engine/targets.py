@@ -23,11 +23,12 @@ import torch
 from torch import nn
 
 from napari_vitcam.core.errors import LayoutError
-from napari_vitcam.engine.capture import capture_outputs, eval_mode, record_calls
+from napari_vitcam.engine.capture import capture_outputs, eval_mode, model_lock, record_calls
 from napari_vitcam.engine.introspect import (
     declared_patch_size,
     find_block_list,
     find_patch_embedding,
+    find_stage_lists,
     read_logits,
     resolve_module,
 )
@@ -42,7 +43,7 @@ class TargetCandidate:
     """A layer the engine can explain at."""
 
     name: str
-    kind: str  # "norm1", "block", "final_norm" or "stage"
+    kind: str  # "norm1", "block", "final_norm", "swin_block", "swin_stage" or "stage"
     zero_gradient: bool
     recommended: bool = False
 
@@ -59,16 +60,34 @@ class _Probed:
     ndim: int
 
 
+def _first_norm(block: str, module: nn.Module) -> str | None:
+    """The first LayerNorm inside ``module`` (the pre-norm of its attention), as a dotted name."""
+    for name, child in module.named_modules():
+        if isinstance(child, nn.LayerNorm):
+            return f"{block}.{name}"
+    return None
+
+
 def block_candidates(model: nn.Module) -> list[tuple[str, str]]:
     """``(name, kind)`` for each block of the block list and its ``norm1``, and the final norm.
 
-    The final norm is the ``norm`` LayerNorm beside the block list (``norm``
-    of timm's and MONAI's ViTs, and of :class:`~napari_vitcam.models.architectures.vit3d.ViT3D`).
+    A block held as a ``ModuleList`` that is never called as a module
+    (vit-pytorch's ``[attention, feed-forward]`` pairs) offers its first
+    LayerNorm instead, the pre-norm its attention reads (vit-pytorch's
+    ``layers.i.0.norm``). The final norm is the ``norm`` LayerNorm beside the
+    block list (``norm`` of timm's and MONAI's ViTs and of
+    :class:`~napari_vitcam.models.architectures.vit3d.ViT3D`, vit-pytorch's
+    ``transformer.norm``).
     """
     names = dict(model.named_modules())
     found = find_block_list(model)
     out: list[tuple[str, str]] = []
     for block in found[1] if found is not None else []:
+        if isinstance(names[block], nn.ModuleList):
+            norm = _first_norm(block, names[block])
+            if norm is not None:
+                out.append((norm, "norm1"))
+            continue
         if f"{block}.norm1" in names:
             out.append((f"{block}.norm1", "norm1"))
         out.append((block, "block"))
@@ -77,6 +96,25 @@ def block_candidates(model: nn.Module) -> list[tuple[str, str]]:
         final = f"{parent}.norm" if parent else "norm"
         if isinstance(names.get(final), nn.LayerNorm):
             out.append((final, "final_norm"))
+    return out
+
+
+def hierarchical_candidates(model: nn.Module) -> list[tuple[str, str]]:
+    """For a transformer with several stages of blocks (Swin): every block, then each stage's output.
+
+    A stage is the module that holds a block list (MONAI's ``BasicLayer``,
+    ``layers2.0``), where the stage's downsampling has run. Empty for a plain ViT.
+    """
+    lists = find_stage_lists(model)
+    if len(lists) < 2:
+        return []
+    names = dict(model.named_modules())
+    out: list[tuple[str, str]] = []
+    for list_name, blocks in lists:
+        out += [(block, "swin_block") for block in blocks]
+        parent = list_name.rpartition(".")[0]
+        if parent and not isinstance(names[parent], _CONTAINERS):
+            out.append((parent, "swin_stage"))
     return out
 
 
@@ -95,22 +133,32 @@ def stage_candidates(model: nn.Module) -> list[tuple[str, str]]:
     return out
 
 
-def _once_each(calls: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+def _once_each(
+    calls: list[tuple[str, torch.Tensor]], kinds: Mapping[str, str] | None = None
+) -> list[tuple[str, torch.Tensor]]:
     """Calls of modules that ran once, with a tensor two modules returned kept under the later name.
 
     The later one is the outer module (``layer4`` after ``layer4.1``) or an
     in-place op after the layer it modified (``relu`` after ``conv``), whose
-    values the tensor holds.
+    values the tensor holds. A transformer's own candidate (a final norm) keeps
+    its name over a stage that returns its output (an encoder that ends in its
+    final norm, as vit-pytorch's ``transformer`` or UNETR's ``vit`` do).
     """
+    kinds = kinds or {}
     counts: dict[str, int] = {}
     for name, _ in calls:
         counts[name] = counts.get(name, 0) + 1
     once = [(n, t) for n, t in calls if counts[n] == 1 and t.requires_grad]
-    last_name = {id(t): n for n, t in once}
+    last_name: dict[int, str] = {}
+    for n, t in once:
+        earlier = last_name.get(id(t))
+        if earlier is not None and kinds.get(earlier, "stage") != "stage" and kinds.get(n, "stage") == "stage":
+            continue
+        last_name[id(t)] = n
     return [(n, t) for n, t in once if last_name[id(t)] == n]
 
 
-def _patch_grid(model: nn.Module, input_shape: tuple[int, int, int]) -> TokenGrid | None:
+def _patch_grid(model: nn.Module, input_shape: tuple[int, ...]) -> TokenGrid | None:
     patch = find_patch_embedding(model)
     if patch is not None:
         return grid_from_patches(input_shape, tuple(patch[1].stride))
@@ -121,7 +169,7 @@ def _patch_grid(model: nn.Module, input_shape: tuple[int, int, int]) -> TokenGri
 def _probe(name, kind, tensor, gradient, grid, input_shape, module) -> _Probed | None:
     """The candidate ``name`` makes, or None when its output is not a map of more than one cell."""
     try:
-        tokens, layout = as_tokens(tensor.detach(), grid, input_shape, module=module, name=name)
+        _tokens, layout = as_tokens(tensor.detach(), grid, input_shape, module=module, name=name)
     except LayoutError:
         return None
     if layout.grid.n_tokens < 2:
@@ -139,10 +187,9 @@ def _choose(probed: list[_Probed]) -> list[TargetCandidate]:
     blocks = [p.candidate for p in probed if p.candidate.kind != "stage" and p.ndim == 3]
     # The final norm only where the head reads its patch tokens (a pooled head, not a cls token).
     blocks = [c for c in blocks if not (c.kind == "final_norm" and c.zero_gradient)]
-    if blocks:
-        result = blocks
-    else:
-        result = [p.candidate for p in probed if p.candidate.kind == "stage" and p.ndim == 5][-MAX_STAGES:]
+    swin = [p.candidate for p in probed if p.candidate.kind in ("swin_block", "swin_stage") and p.ndim == 5]
+    stages = [p.candidate for p in probed if p.candidate.kind == "stage" and p.ndim == 5][-MAX_STAGES:]
+    result = blocks or swin or stages
     usable = [i for i, c in enumerate(result) if not c.zero_gradient]
     if usable:
         result[usable[-1]] = replace(result[usable[-1]], recommended=True)
@@ -161,7 +208,7 @@ def list_targets(
     cell over the input are listed. The recommended one is the last with a
     non-zero gradient for the example's predicted class.
     """
-    blocks = block_candidates(model)
+    blocks = hierarchical_candidates(model) or block_candidates(model)
     taken = {name for name, _ in blocks}
     candidates = blocks + [c for c in stage_candidates(model) if c[0] not in taken]
     kinds = dict(candidates)
@@ -171,17 +218,17 @@ def list_targets(
         watched["score"] = resolve_module(model, score_layer, "score layer")[1]
     input_shape = tuple(int(s) for s in example.shape[2:])
     grid = _patch_grid(model, input_shape)
-    x = example.detach().clone().requires_grad_(True)
     with _probing(model, modules, watched) as (calls, seen):
+        x = example.detach().clone().requires_grad_(True)
         output = model(x)
         logits = seen["score"][-1] if score_layer is not None else read_logits(output)
         score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
-        once = _once_each(calls)
+        once = _once_each(calls, kinds)
         tensors = [t for _, t in once]
         grads = torch.autograd.grad(score, tensors, allow_unused=True) if tensors else ()
     probed = [
         _probe(name, kinds[name], tensor, grad, grid, input_shape, modules[name])
-        for (name, tensor), grad in zip(once, grads)
+        for (name, tensor), grad in zip(once, grads, strict=False)
     ]
     return _choose([p for p in probed if p is not None])
 
@@ -189,9 +236,15 @@ def list_targets(
 @contextmanager
 def _probing(model: nn.Module, modules: Mapping[str, nn.Module], watched: Mapping[str, nn.Module]):
     """Eval mode, grad on, and the hooks of a probe, all undone on exit."""
-    with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
-        with record_calls(modules) as calls, capture_outputs(watched) as seen:
-            yield calls, seen
+    with (
+        model_lock(model),
+        eval_mode(model),
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        record_calls(modules) as calls,
+        capture_outputs(watched) as seen,
+    ):
+        yield calls, seen
 
 
 def recommended_target(candidates: list[TargetCandidate]) -> str | None:

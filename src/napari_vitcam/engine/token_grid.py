@@ -50,7 +50,7 @@ class TokenGrid:
 
     @property
     def covered(self) -> tuple[float, float, float]:
-        return tuple(g * c for g, c in zip(self.shape, self.cell))  # type: ignore[return-value]
+        return tuple(g * c for g, c in zip(self.shape, self.cell, strict=False))  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -62,14 +62,14 @@ class TokenLayout:
     grid: TokenGrid
 
 
-def grid_from_patches(input_shape: Triple, patch: Triple) -> TokenGrid:
-    shape = tuple(s // p for s, p in zip(input_shape, patch))
-    return TokenGrid(shape, tuple(float(p) for p in patch), input_shape)  # type: ignore[arg-type]
+def grid_from_patches(input_shape: tuple[int, ...], patch: tuple[int, ...]) -> TokenGrid:
+    shape = tuple(s // p for s, p in zip(input_shape, patch, strict=False))
+    return TokenGrid(shape, tuple(float(p) for p in patch), tuple(input_shape))  # type: ignore[arg-type]
 
 
 def grid_over_input(shape: Triple, input_shape: Triple) -> TokenGrid:
     """A feature map that spans the whole input (CNN): cells of input/shape voxels."""
-    cell = tuple(s / g for s, g in zip(input_shape, shape))
+    cell = tuple(s / g for s, g in zip(input_shape, shape, strict=False))
     return TokenGrid(tuple(int(g) for g in shape), cell, input_shape)  # type: ignore[arg-type]
 
 
@@ -84,9 +84,9 @@ def _is_channel_last_module(module: nn.Module | None, channels: int) -> bool:
 def as_tokens(
     activation: torch.Tensor,
     patch_grid: TokenGrid | None,
-    input_shape: Triple,
+    input_shape: tuple[int, ...],
     *,
-    layout: Layout = "auto",
+    layout: Layout | str = "auto",
     module: nn.Module | None = None,
     name: str = "target",
 ) -> tuple[torch.Tensor, TokenLayout]:
@@ -100,6 +100,7 @@ def as_tokens(
     shape = tuple(activation.shape)
     if layout == "auto":
         layout = _guess_layout(activation, patch_grid, module)
+    input_shape = tuple(int(s) for s in input_shape)
     if layout == "tokens":
         if activation.ndim != 3:
             raise LayoutError(f"{name} output has shape {shape}: 'tokens' layout expects (B, T, E)")

@@ -24,3 +24,5 @@ MAX_DEPTH = 512
 MAX_HEADS = 1024
 MAX_TOKENS = 262_144
 MAX_MLP_RATIO = 64.0
+#: Voxel size a spec may declare, in mm along one axis (a metre: far above any scan's).
+MAX_SPACING_MM = 1000.0

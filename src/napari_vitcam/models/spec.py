@@ -24,11 +24,23 @@ from napari_vitcam.models import limits
 NormKind = Literal["none", "zscore", "minmax", "window"]
 NORM_KINDS = ("none", "zscore", "minmax", "window")
 RESIZE_MODES = ("trilinear", "area", "nearest")
+FIT_MODES = ("resize", "crop_or_pad")
+#: Orientation letters (nibabel's and MONAI's axis codes) and the RAS axis each runs along.
+_AXIS_OF_CODE = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
 FIX = "fix the spec (see docs/checkpoints.md)"
 
 #: The fields each JSON object of a spec may hold.
 SPEC_FIELDS = ("input", "class_names", "target_layer", "score_layer", "architecture", "arguments")
-INPUT_FIELDS = ("channels", "spatial_size", "normalization", "resize_mode", "normalize_first")
+INPUT_FIELDS = (
+    "channels",
+    "spatial_size",
+    "normalization",
+    "resize_mode",
+    "normalize_first",
+    "orientation",
+    "spacing",
+    "fit",
+)
 NORMALIZATION_FIELDS = ("kind", "window", "out_range", "clip", "nonzero")
 
 
@@ -54,6 +66,16 @@ def _finite_pair(name: str, value: object) -> tuple[float, float]:
     ):
         raise _wrong(name, "two finite numbers [low, high]", value)
     return (float(value[0]), float(value[1]))
+
+
+def orientation_codes(value: object) -> str | None:
+    """``value`` as three upper-case axis codes (one of R/L, A/P and S/I), or None when it is not that."""
+    if not isinstance(value, str) or len(value) != 3:
+        return None
+    codes = value.upper()
+    if any(c not in _AXIS_OF_CODE for c in codes) or {_AXIS_OF_CODE[c] for c in codes} != {0, 1, 2}:
+        return None
+    return codes
 
 
 @dataclass(frozen=True)
@@ -106,6 +128,16 @@ class InputSpec:
     :data:`~napari_vitcam.models.limits.MAX_SIDE`, at most
     :data:`~napari_vitcam.models.limits.MAX_VOXELS` in all.
     ``normalize_first``: normalise, then resize (True), or the reverse.
+    ``orientation``: the orientation the training volumes had (three axis
+    codes, one of R/L, A/P and S/I, e.g. ``"RAS"``), or None (the volume's axes
+    as given). ``spacing``: the voxel size (mm) along the model's three axes
+    the training volumes were resampled to, each above 0 and at most
+    :data:`~napari_vitcam.models.limits.MAX_SPACING_MM`, or None (the volume's own).
+    ``fit``: how the (reoriented, resampled) volume is brought to
+    ``spatial_size``: ``"resize"`` (scaled to it; a declared spacing then
+    changes nothing) or ``"crop_or_pad"`` (centre-cropped or zero-padded, as
+    MONAI's ``ResizeWithPadOrCrop``; ``resize_mode`` ``trilinear`` or ``nearest``).
+    See :mod:`napari_vitcam.pipeline.frame`.
     """
 
     channels: int = 1
@@ -113,6 +145,9 @@ class InputSpec:
     normalization: Normalization = field(default_factory=Normalization)
     resize_mode: str = "trilinear"
     normalize_first: bool = True
+    orientation: str | None = None
+    spacing: tuple[float, float, float] | None = None
+    fit: str = "resize"
 
     def __post_init__(self) -> None:
         size = self.spatial_size
@@ -139,6 +174,43 @@ class InputSpec:
         if not isinstance(self.normalization, Normalization):
             raise _wrong("input.normalization", "a Normalization", self.normalization)
         _bool("input.normalize_first", self.normalize_first)
+        self._check_frame()
+
+    def _check_frame(self) -> None:
+        if self.orientation is not None:
+            codes = orientation_codes(self.orientation)
+            if codes is None:
+                raise _wrong(
+                    "input.orientation",
+                    'three axis codes, one of R/L, A/P and S/I (e.g. "RAS") or null',
+                    self.orientation,
+                )
+            object.__setattr__(self, "orientation", codes)
+        spacing = self.spacing
+        if spacing is not None:
+            if (
+                not isinstance(spacing, (tuple, list))
+                or len(spacing) != 3
+                or not all(
+                    isinstance(v, Real)
+                    and not isinstance(v, bool)
+                    and math.isfinite(v)
+                    and 0 < v <= limits.MAX_SPACING_MM
+                    for v in spacing
+                )
+            ):
+                raise _wrong(
+                    "input.spacing",
+                    f"three voxel sizes in mm, each above 0 and at most {limits.MAX_SPACING_MM:g}, or null",
+                    spacing,
+                )
+            object.__setattr__(self, "spacing", (float(spacing[0]), float(spacing[1]), float(spacing[2])))
+        if not isinstance(self.fit, str) or self.fit not in FIT_MODES:
+            raise _wrong("input.fit", f"one of {', '.join(FIT_MODES)}", self.fit)
+        if self.fit == "crop_or_pad" and self.resize_mode == "area":
+            raise CheckpointError(
+                f"resize_mode area averages for a resize only: with fit crop_or_pad use trilinear or nearest: {FIX}"
+            )
 
 
 @dataclass(frozen=True)

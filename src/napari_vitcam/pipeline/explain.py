@@ -5,14 +5,17 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
 
 from napari_vitcam.core.errors import DeviceOutOfMemoryError, InputError, is_out_of_memory, model_errors_as_input_errors
 from napari_vitcam.core.vocabulary import Triple, class_labels, name_of_class
-from napari_vitcam.engine.cam import Progress, grad_cam, model_lock
-from napari_vitcam.engine.explainers.registry import get_explainer
+from napari_vitcam.engine.cam import Progress
+from napari_vitcam.engine.capture import model_lock
+from napari_vitcam.engine.dispatch import explain_tokens
+from napari_vitcam.engine.explainers import LayerExplainer, get_explainer
 from napari_vitcam.engine.token_grid import TokenGrid
 from napari_vitcam.models.loaded_model import LoadedModel
 from napari_vitcam.pipeline.checks import (
@@ -23,7 +26,7 @@ from napari_vitcam.pipeline.checks import (
     class_index,
 )
 from napari_vitcam.pipeline.devices import pick_device, release_device_memory
-from napari_vitcam.pipeline.frame import ModelFrame, frame_for
+from napari_vitcam.pipeline.frame import FramePlan, ModelFrame, plan_frame, spec_frame
 from napari_vitcam.pipeline.preprocess import as_array, prepare_input
 
 
@@ -93,6 +96,7 @@ def explain_volume(
     method: str = "gradcam",
     upsample: str = "smooth",
     device: str | torch.device = "auto",
+    token_grid: tuple[int, int, int] | None = None,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     nonfinite: NonFinite = "error",
@@ -108,47 +112,54 @@ def explain_volume(
     the model is moved there and stays there. Out of GPU memory raises
     :class:`~napari_vitcam.core.errors.DeviceOutOfMemoryError` after releasing the
     memory the run held (the model goes back to the CPU); retry with
-    ``device="cpu"``. ``frame``: the orientation the model was trained on
-    (:mod:`napari_vitcam.pipeline.frame`); with the volume's voxel-to-RAS
-    ``affine`` the volume is reoriented into it (exactly: axes permuted and
-    flipped) and the heatmap comes back on the volume's own grid.
+    ``device="cpu"``. ``frame``: the orientation and spacing the model was
+    trained on (:mod:`napari_vitcam.pipeline.frame`; default: what the spec
+    declares); with the volume's voxel-to-RAS ``affine`` the volume is
+    reoriented into it (exactly: axes permuted and flipped), resampled and
+    fitted to the model's size (one interpolation), and the heatmap comes back
+    on the volume's own grid (one interpolation). Without ``affine`` a declared
+    frame is noted in ``preprocessing["frame_note"]``.
 
     Arguments are checked before the model runs. A volume with NaN or ±Inf
     voxels (or float64 values beyond float32's range) is refused, saying how
     many and where, unless ``nonfinite="replace"`` (NaN by 0, ±Inf by the
     volume's finite extremes). A model whose output or map is not finite is
     an error, never a NaN result. Threads explaining one model take turns.
+    ``method``: any registered explainer (``EXPLAINERS``);
+    attention and perturbation methods need no target layer. ``token_grid``:
+    the model's token grid (d, h, w), when the model does not say it.
     """
     spec = loaded.spec
+    explainer = get_explainer(method)
     target = target_layer or spec.target_layer
-    if not target:
+    if isinstance(explainer, LayerExplainer) and not target:
         raise InputError("no target layer given and the checkpoint recommends none: pass target_layer")
     index = class_index(class_idx, spec.class_names)
-    get_explainer(method)
     upsample = check_upsample(upsample)
     nonfinite = check_nonfinite_choice(nonfinite)
     torch_device = pick_device(device)
     report = progress or (lambda stage: None)
-    volume, turn, frame_report = _in_model_frame(volume, affine, frame)
+    volume, plan = _in_model_frame(volume, affine, frame, loaded)
     out_shape = _spatial_shape(volume)
     timings: dict[str, float] = {}
     try:
         report("preprocess")
         start = time.perf_counter()
-        x = prepare_input(volume, spec.input, torch_device, nonfinite=nonfinite)
+        x = prepare_input(volume, spec.input, torch_device, nonfinite=nonfinite, fit=plan.axes)
         timings["preprocess"] = time.perf_counter() - start
         with model_lock(loaded.model):  # another thread's run on this model ends first
             loaded.model.to(torch_device)
             with model_errors_as_input_errors(tuple(x.shape)):
-                result = grad_cam(
+                result = explain_tokens(
                     loaded.model,
                     x,
-                    target,
+                    explainer,
+                    target if isinstance(explainer, LayerExplainer) else None,
                     index,
                     upsample=upsample,
-                    method=method,
                     score_layer=spec.score_layer,
-                    out_shape=out_shape,
+                    token_grid=token_grid,
+                    out_shape=cast(Triple, out_shape) if plan.placement is None else None,
                     progress=report,
                     cancel=cancel,
                 )
@@ -156,9 +167,9 @@ def explain_volume(
         scores = result.output_logits if result.output_logits is not None else result.logits
         check_finite_output("output", scores)
         check_finite_output("score", result.logits)
-        check_finite_output("map", result.cam)
         start = time.perf_counter()
-        cam = result.cam[0]
+        cam = result.cam[0] if plan.placement is None else plan.map_back(result.token_cam[:1], result.grid, upsample)
+        check_finite_output("map", cam)
         raw_max = float(cam.max())
         heatmap = (cam.div_(raw_max) if raw_max > 0 else cam.zero_()).cpu().numpy()
         timings.update(result.timings)
@@ -179,7 +190,7 @@ def explain_volume(
             str(torch_device),
         ) from None
     return VolumeExplanation(
-        heatmap=(turn.undo(heatmap) if turn is not None else heatmap).astype(np.float32, copy=False),
+        heatmap=plan.back(heatmap).astype(np.float32, copy=False),
         raw_max=raw_max,
         predicted_class=int(np.argmax(probabilities)),
         class_idx=int(result.class_idx[0]),
@@ -197,7 +208,7 @@ def explain_volume(
             "resize_mode": spec.input.resize_mode,
             "normalize_first": spec.input.normalize_first,
             "volume_shape": list(np.shape(volume)),
-            **frame_report,
+            **plan.report,
         },
         timings=timings,
         score_layer=result.score_layer,
@@ -205,12 +216,15 @@ def explain_volume(
     )
 
 
-def _in_model_frame(volume: object, affine: np.ndarray | None, frame: ModelFrame | None):
-    """The volume as an array in the model's orientation, the turn that brought it there, and what was done."""
+def _in_model_frame(
+    volume: object, affine: np.ndarray | None, frame: ModelFrame | None, loaded: LoadedModel
+) -> tuple[object, FramePlan]:
+    """The volume in the model's orientation (a view) and the plan that brings it to the model and back."""
     if isinstance(volume, torch.Tensor):
         volume = as_array(volume)  # a tensor may require grad or live on a GPU
-    turn, frame_report = frame_for(frame, affine)
-    return (turn.apply(volume) if turn is not None else volume), turn, frame_report
+    frame = frame if frame is not None else spec_frame(loaded.spec.input)
+    plan = plan_frame(frame, affine, _spatial_shape(volume), loaded.spec.input)
+    return plan.orient(volume), plan
 
 
 def model_input(
@@ -228,9 +242,11 @@ def model_input(
         loaded: the model and its spec.
         volume: (D, H, W) or (C, D, H, W).
         device: where the input goes ("auto": the device explain_volume would pick).
-        affine: the volume's voxel-to-RAS affine, with ``frame``.
-        frame: the model's orientation.
+        affine: the volume's voxel-to-RAS affine (None: unknown).
+        frame: the model's orientation and spacing (default: what the spec declares).
         nonfinite: what to do with NaN/Inf voxels ("error" or "replace").
     """
-    oriented, _, _ = _in_model_frame(volume, affine, frame)
-    return prepare_input(oriented, loaded.spec.input, pick_device(device), nonfinite=check_nonfinite_choice(nonfinite))
+    oriented, plan = _in_model_frame(volume, affine, frame, loaded)
+    return prepare_input(
+        oriented, loaded.spec.input, pick_device(device), nonfinite=check_nonfinite_choice(nonfinite), fit=plan.axes
+    )

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from napari_vitcam.core.errors import InputError
 from napari_vitcam.models.spec import InputSpec, Normalization
 from napari_vitcam.pipeline.checks import NonFinite, check_finite_input, check_nonfinite_choice, finite_volume
+from napari_vitcam.pipeline.frame import AxisFit, fit_volume
 
 
 def as_array(volume) -> np.ndarray:
@@ -122,7 +123,14 @@ def resize_volume(volume: torch.Tensor, size: tuple[int, int, int], mode: str) -
     return out[0]
 
 
-def prepare_input(volume, spec: InputSpec, device: torch.device, *, nonfinite: NonFinite = "error") -> torch.Tensor:
+def prepare_input(
+    volume,
+    spec: InputSpec,
+    device: torch.device,
+    *,
+    nonfinite: NonFinite = "error",
+    fit: tuple[AxisFit, AxisFit, AxisFit] | None = None,
+) -> torch.Tensor:
     """The model input (1, C, *spec.spatial_size) for a napari-style volume.
 
     Args:
@@ -130,13 +138,20 @@ def prepare_input(volume, spec: InputSpec, device: torch.device, *, nonfinite: N
         spec: the channels, normalisation and size the model takes.
         device: where the input is made.
         nonfinite: ``"error"`` refuses a volume with NaN or ±Inf voxels; ``"replace"`` replaces them.
+        fit: the per-axis resampling and crop/pad to the model's size
+            (:attr:`napari_vitcam.pipeline.frame.FramePlan.axes`), done in place of the resize; None: resize.
     """
     x = volume_to_tensor(volume, spec.channels, device, nonfinite=nonfinite)  # a private copy: normalise in place
+
+    def to_size(tensor: torch.Tensor) -> torch.Tensor:
+        if fit is not None:
+            return fit_volume(tensor, fit, spec.resize_mode)
+        return resize_volume(tensor, spec.spatial_size, spec.resize_mode)
+
     if spec.normalize_first:
-        x = resize_volume(normalize_volume(x, spec.normalization, inplace=True), spec.spatial_size, spec.resize_mode)
+        x = to_size(normalize_volume(x, spec.normalization, inplace=True))
     else:
-        resized = resize_volume(x, spec.spatial_size, spec.resize_mode)
-        x = normalize_volume(resized, spec.normalization, inplace=True)
+        x = normalize_volume(to_size(x), spec.normalization, inplace=True)
     if not bool(torch.isfinite(x).all()):
         check_finite_input(x, as_array(volume))
     return x[None].contiguous()

@@ -47,23 +47,45 @@ class Explainer(ABC):
         return f"{type(self).__name__}()"
 
 
+Scorer = Callable[[torch.Tensor], torch.Tensor]
+"""Maps a batch of inputs (B, C, D, H, W) to each one's class score (B,), without gradients."""
+
+
 @dataclass(frozen=True)
 class LayerInputs:
     """One target layer seen by a :class:`LayerExplainer`.
 
     Args:
         activations: (B, N, E) the layer's output at the N grid tokens, E channels.
-        gradients: (B, N, E) the gradient of each sample's class score there.
+        gradients: (B, N, E) the gradient of each sample's class score there
+            (zeros for an explainer with ``needs_gradients = False``).
         scores: (B,) each sample's class score (the logit explained).
+        x: the (B, C, D, H, W) input, for explainers with ``needs_forward``.
+        scorers: one :data:`Scorer` per sample (its own class), for explainers
+            with ``needs_forward``.
+        grid: where the N tokens lie in the input, for explainers with ``needs_forward``.
+        batch_size: how many perturbed inputs to score at once.
     """
 
     activations: torch.Tensor
     gradients: torch.Tensor
     scores: torch.Tensor
+    x: torch.Tensor | None = None
+    scorers: list[Scorer] | None = None
+    grid: TokenGrid | None = None
+    batch_size: int = 16
 
 
 class LayerExplainer(Explainer):
-    """A method computed from one layer's activations and the class score's gradients there."""
+    """A method computed from one layer's activations and the class score's gradients there.
+
+    ``needs_gradients = False``: the engine skips the backward pass (EigenCAM,
+    Score-CAM). ``needs_forward = True``: the engine passes the input, one
+    scorer per sample and the grid, to run the model on masked inputs (Score-CAM).
+    """
+
+    needs_gradients: ClassVar[bool] = True
+    needs_forward: ClassVar[bool] = False
 
     @abstractmethod
     def token_map(self, inputs: LayerInputs) -> torch.Tensor:
@@ -109,10 +131,6 @@ class AttentionExplainer(Explainer):
         Args:
             inputs: every block's attention and what the head reads.
         """
-
-
-Scorer = Callable[[torch.Tensor], torch.Tensor]
-"""Maps a batch of inputs (B, C, D, H, W) to each one's class score (B,), without gradients."""
 
 
 @dataclass(frozen=True)

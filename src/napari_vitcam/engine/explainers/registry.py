@@ -13,11 +13,29 @@ from types import MappingProxyType
 
 from napari_vitcam.core.errors import InputError
 from napari_vitcam.engine.explainers.base import Explainer
+from napari_vitcam.engine.explainers.eigencam import EigenCAM
 from napari_vitcam.engine.explainers.gradcam import GradCAM
+from napari_vitcam.engine.explainers.gradcam_plusplus import GradCAMPlusPlus
 from napari_vitcam.engine.explainers.hirescam import HiResCAM
 from napari_vitcam.engine.explainers.layercam import LayerCAM
+from napari_vitcam.engine.explainers.occlusion import Occlusion
+from napari_vitcam.engine.explainers.relevance import AttentionRelevance
+from napari_vitcam.engine.explainers.rollout import AttentionRollout
+from napari_vitcam.engine.explainers.scorecam import ScoreCAM
+from napari_vitcam.engine.explainers.xgradcam import XGradCAM
 
-_ALL: tuple[Explainer, ...] = (GradCAM(), HiResCAM(), LayerCAM())
+_ALL: tuple[Explainer, ...] = (
+    GradCAM(),
+    HiResCAM(),
+    LayerCAM(),
+    GradCAMPlusPlus(),
+    XGradCAM(),
+    EigenCAM(),
+    ScoreCAM(),
+    AttentionRelevance(),
+    AttentionRollout(),
+    Occlusion(),
+)
 
 EXPLAINERS: Mapping[str, Explainer] = MappingProxyType({e.name: e for e in _ALL})
 """Every explainer, by name, in the order the widget lists them (read-only)."""

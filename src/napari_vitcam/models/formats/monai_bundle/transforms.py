@@ -1,7 +1,8 @@
 """A bundle's input as the bundle would predict: from its preprocessing transforms and its metadata.
 
-Size and intensity normalisation come from the preprocessing transforms
-(Resize, ScaleIntensity, NormalizeIntensity, ScaleIntensityRange and their
+Size, intensity normalisation and the model's frame come from the
+preprocessing transforms (Resize, ResizeWithPadOrCrop, ScaleIntensity,
+NormalizeIntensity, ScaleIntensityRange, Orientation, Spacing and their
 dictionary forms; loaders are ignored), else from ``metadata.json``'s
 ``network_data_format``, which also gives the channels and class names, else
 from the network's own arguments (``img_size``). A bundle that says nothing
@@ -17,7 +18,8 @@ from torch import nn
 from napari_vitcam.core.errors import CheckpointError
 from napari_vitcam.core.vocabulary import Triple
 from napari_vitcam.models.formats.monai_bundle.config import code_in, resolve_references
-from napari_vitcam.models.spec import FIX, InputSpec, Normalization
+from napari_vitcam.models.limits import MAX_SPACING_MM
+from napari_vitcam.models.spec import FIX, InputSpec, Normalization, orientation_codes
 from napari_vitcam.models.spec_defaults import channels_from, positive_triple, spatial_size_from
 
 _LOADERS = {
@@ -36,6 +38,12 @@ _LOADERS = {
 }
 _INTENSITY = {"ScaleIntensity", "NormalizeIntensity", "ScaleIntensityRange"}
 _RESIZE = {"Resize"}
+_PAD_OR_CROP = {"ResizeWithPadOrCrop"}
+_ORIENTATION = {"Orientation"}
+_SPACING = {"Spacing"}
+_READ = _LOADERS | _INTENSITY | _RESIZE | _PAD_OR_CROP | _ORIENTATION | _SPACING
+#: Spacing's interpolation modes and the spec's resize_mode for them.
+_SPACING_MODES = {"bilinear": "trilinear", "trilinear": "trilinear", "nearest": "nearest"}
 _RESIZE_MODES = {
     "area": "area",
     "trilinear": "trilinear",
@@ -65,6 +73,9 @@ class TransformInput:
     resize_mode: str | None = None
     normalize_first: bool = True
     warnings: tuple[str, ...] = ()
+    orientation: str | None = None
+    spacing: tuple[float, float, float] | None = None
+    fit: str = "resize"
 
 
 def _class_names(channel_def) -> tuple[str, ...]:
@@ -99,7 +110,7 @@ def metadata_input(metadata: dict) -> MetadataInput:
 def transform_name(target: str) -> str:
     """``"monai.transforms.Resized"`` -> ``"Resize"``: the array transform a name stands for."""
     name = target.rsplit(".", 1)[-1]
-    if name.endswith("d") and name[:-1] in _LOADERS | _INTENSITY | _RESIZE:
+    if name.endswith("d") and name[:-1] in _READ:
         return name[:-1]
     return name
 
@@ -157,10 +168,65 @@ def _resize(args: dict) -> tuple[Triple, str] | str:
     return triple, mode
 
 
+def _for_key(value: object, transform: dict, image_key: str) -> object:
+    """A per-key argument (a list, one per key of a dictionary transform) for the image key."""
+    keys = transform.get("keys")
+    if isinstance(value, (list, tuple)) and isinstance(keys, (list, tuple)) and len(value) == len(keys):
+        return value[list(keys).index(image_key)]
+    return value
+
+
+def _orientation(args: dict) -> str:
+    """The axis codes an Orientation transform reorients to, or why it cannot be read as one."""
+    codes = args.get("axcodes")
+    if codes is None and args.get("as_closest_canonical") is True:
+        codes = "RAS"
+    labels = args.get("labels")
+    if labels not in (None, [["L", "R"], ["P", "A"], ["I", "S"]], (("L", "R"), ("P", "A"), ("I", "S"))):
+        return f"Orientation with labels {labels!r}"
+    return orientation_codes(codes) or f"Orientation to {codes!r} (not three axis codes)"
+
+
+def _spacing(transform: dict, args: dict, image_key: str) -> tuple[tuple[float, float, float], str] | str:
+    """The voxel size and interpolation of a Spacing transform, or why they cannot be read."""
+    pixdim = args.get("pixdim")
+    if isinstance(pixdim, (int, float)) and not isinstance(pixdim, bool):
+        pixdim = [pixdim] * 3
+    if (
+        not isinstance(pixdim, (list, tuple))
+        or len(pixdim) != 3
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= MAX_SPACING_MM for v in pixdim)
+    ):
+        return f"Spacing to {args.get('pixdim')!r} (not 3 voxel sizes above 0 mm)"
+    for name, default in (("diagonal", False), ("scale_extent", False), ("align_corners", False)):
+        value = _for_key(args.get(name, default), transform, image_key)
+        if value != default:
+            return f"Spacing with {name}={value!r}"
+    padding = _for_key(args.get("padding_mode", "border"), transform, image_key)
+    if padding != "border":
+        return f"Spacing with padding_mode {padding!r}"
+    mode = _SPACING_MODES.get(str(_for_key(args.get("mode", "bilinear"), transform, image_key)))
+    if mode is None:
+        return f"Spacing with mode {args.get('mode')!r}"
+    return (float(pixdim[0]), float(pixdim[1]), float(pixdim[2])), mode
+
+
+def _pad_or_crop(args: dict) -> Triple | str:
+    size = positive_triple(args.get("spatial_size"))
+    if size is None:
+        return f"ResizeWithPadOrCrop to {args.get('spatial_size')!r} (not 3 positive sizes)"
+    if args.get("method", "symmetric") != "symmetric" or args.get("mode", "constant") != "constant":
+        return "ResizeWithPadOrCrop with a method other than symmetric or a padding other than constant"
+    if args.get("constant_values", 0) not in (0, 0.0):
+        return "ResizeWithPadOrCrop padding with a value other than 0"
+    return size
+
+
 def input_from_transforms(transforms: list, image_key: str) -> TransformInput:
-    """Size, normalisation and their order from a list of transform definitions."""
-    size = mode = normalization = None
-    norm_at = resize_at = None
+    """Size, normalisation, frame and their order from a list of transform definitions."""
+    size = mode = normalization = orientation = spacing = spacing_mode = None
+    fit = "resize"
+    norm_at = resize_at = spacing_at = None
     skipped: list[str] = []
     unsupported: list[str] = []
     for index, transform in enumerate(transforms):
@@ -188,19 +254,40 @@ def input_from_transforms(transforms: list, image_key: str) -> TransformInput:
             if isinstance(resized, str):
                 unsupported.append(resized)
             else:
-                (size, mode), resize_at = resized, index
+                (size, mode), resize_at, fit = resized, index, "resize"
+        elif name in _PAD_OR_CROP:
+            padded = _pad_or_crop(args)
+            if isinstance(padded, str):
+                unsupported.append(padded)
+            else:
+                size, resize_at, fit = padded, index, "crop_or_pad"
+        elif name in _ORIENTATION:
+            codes = _orientation(args)
+            if codes.startswith("Orientation"):
+                unsupported.append(codes)
+            else:
+                orientation = codes
+        elif name in _SPACING:
+            found_spacing = _spacing(transform, args, image_key)
+            if isinstance(found_spacing, str):
+                unsupported.append(found_spacing)
+            else:
+                (spacing, spacing_mode), spacing_at = found_spacing, index
         else:
             skipped.append(name)
     warnings = []
     if skipped:
         warnings.append(
-            f"preprocessing {', '.join(skipped)} is not applied when explaining (only resize and intensity "
-            "transforms are): apply it to the volume first if it matters"
+            f"preprocessing {', '.join(skipped)} is not applied when explaining (only orientation, spacing, "
+            "resize, pad-or-crop and intensity transforms are): apply it to the volume first if it matters"
         )
     if unsupported:
         warnings.append(f"preprocessing not understood and not applied: {'; '.join(unsupported)}")
-    first = norm_at is None or resize_at is None or norm_at < resize_at
-    return TransformInput(size, normalization, mode, first, tuple(warnings))
+    geometry_at = resize_at if resize_at is not None else spacing_at
+    first = norm_at is None or geometry_at is None or norm_at < geometry_at
+    if fit == "crop_or_pad":
+        mode = spacing_mode or "trilinear"  # the spacing's interpolation is the only one
+    return TransformInput(size, normalization, mode, first, tuple(warnings), orientation, spacing, fit)
 
 
 def preprocessing_list(config: dict, source: str) -> tuple[list | None, list[str]]:
@@ -242,5 +329,8 @@ def bundle_input(
         normalization=found.normalization or Normalization(),
         resize_mode=found.resize_mode or "trilinear",
         normalize_first=found.normalize_first,
+        orientation=found.orientation,
+        spacing=found.spacing,
+        fit=found.fit,
     )
     return spec, warnings

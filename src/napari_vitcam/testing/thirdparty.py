@@ -1,0 +1,100 @@
+"""Small third-party 3D transformers, built as their users build them, for tests and benchmarks.
+
+vit-pytorch's package ``__init__`` imports modules that need torchvision,
+while its 3D models need only torch and einops; where torchvision is missing
+the model's own module is loaded from the installed package's file, unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from types import ModuleType
+
+from torch import nn
+
+
+def vit_pytorch_module(name: str) -> ModuleType:
+    """``vit_pytorch.<name>`` (e.g. ``"vit_3d"``), also where the package's ``__init__`` cannot be imported."""
+    full = f"vit_pytorch.{name}"
+    try:
+        return importlib.import_module(full)
+    except ImportError:
+        pass
+    package = importlib.util.find_spec("vit_pytorch")
+    if package is None or not package.submodule_search_locations:
+        raise ImportError("vit-pytorch is not installed: pip install vit-pytorch")
+    path = f"{next(iter(package.submodule_search_locations))}/{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_vitcam_{full}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {full} from {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def vit_pytorch_vit(
+    size: int = 16, patch: int = 4, frame_patch: int = 4, depth: int = 2, pool: str = "cls"
+) -> nn.Module:
+    """A small ``vit_pytorch.vit_3d.ViT`` on one-channel cubes of ``size`` voxels."""
+    module = vit_pytorch_module("vit_3d")
+    return module.ViT(
+        image_size=size,
+        image_patch_size=patch,
+        frames=size,
+        frame_patch_size=frame_patch,
+        num_classes=2,
+        dim=32,
+        depth=depth,
+        heads=2,
+        mlp_dim=64,
+        pool=pool,
+        channels=1,
+        dim_head=16,
+    )
+
+
+def vit_pytorch_simple_vit(size: int = 16, patch: int = 4, frame_patch: int = 4, depth: int = 2) -> nn.Module:
+    """A small ``vit_pytorch.simple_vit_3d.SimpleViT`` (mean-pooled, no cls token) on one-channel cubes."""
+    module = vit_pytorch_module("simple_vit_3d")
+    return module.SimpleViT(
+        image_size=size,
+        image_patch_size=patch,
+        frames=size,
+        frame_patch_size=frame_patch,
+        num_classes=2,
+        dim=32,
+        depth=depth,
+        heads=2,
+        mlp_dim=64,
+        channels=1,
+        dim_head=16,
+    )
+
+
+def monai_vit(size: int = 16, patch: int = 4, depth: int = 2, flash: bool = False) -> nn.Module:
+    """A small stock MONAI ``ViT`` classifier (cls token, Tanh head) on one-channel cubes.
+
+    ``flash``: its attention blocks use torch's ``scaled_dot_product_attention``
+    (MONAI's ``use_flash_attention`` path, which the ViT constructor does not expose).
+    """
+    from monai.networks.nets import ViT
+
+    model = ViT(
+        in_channels=1,
+        img_size=(size, size, size),
+        patch_size=(patch, patch, patch),
+        hidden_size=32,
+        mlp_dim=64,
+        num_layers=depth,
+        num_heads=2,
+        classification=True,
+        num_classes=2,
+        spatial_dims=3,
+    )
+    for module in model.modules():
+        if hasattr(module, "use_flash_attention"):
+            module.use_flash_attention = flash  # type: ignore[assignment]
+    return model
