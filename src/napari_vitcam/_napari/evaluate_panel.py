@@ -182,6 +182,7 @@ def model_task(
             reference=_reference(run, reference),
             random_orders=random_orders,
             nonfinite=request.nonfinite,
+            affine=request.affine,
         )
 
     return task
@@ -200,6 +201,7 @@ def baselines_task(run: ExplainDone, reference: tuple[VolumeSelection, object] |
             run.explanation,
             reference=_reference(run, reference),
             nonfinite=request.nonfinite,
+            affine=request.affine,
         )
 
     return task
@@ -212,7 +214,9 @@ def chance_task(run: ExplainDone) -> Task:
         progress("chance")
         request = run.request
         volume = request.selection.read(request.data)
-        result = against_chance(request.loaded, volume, run.explanation, nonfinite=request.nonfinite, cancel=cancel)
+        result = against_chance(
+            request.loaded, volume, run.explanation, nonfinite=request.nonfinite, cancel=cancel, affine=request.affine
+        )
         if cancel.is_set():
             raise Cancelled("cancelled")
         return result

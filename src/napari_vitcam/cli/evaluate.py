@@ -37,7 +37,7 @@ from napari_vitcam.core.vocabulary import UPSAMPLE_MODES, one_line
 from napari_vitcam.engine.explainers.registry import get_explainer
 from napari_vitcam.evaluation.faithfulness import BASELINES
 from napari_vitcam.volumes.base import Volume, path_suffix
-from napari_vitcam.volumes.geometry import world_view
+from napari_vitcam.volumes.geometry import permuted, world_view
 from napari_vitcam.volumes.registry import READERS, read_volume, reader_for
 
 PROG = "napari-vitcam evaluate"
@@ -84,6 +84,8 @@ class Case:
     volume: np.ndarray
     mask: np.ndarray
     spacing: tuple[float, float, float] | None
+    affine: np.ndarray | None = None
+    """The voxel-to-RAS affine of ``volume``'s axes (as ``napari-vitcam explain`` gives it), or None."""
 
 
 def case_name(path: Path) -> str:
@@ -156,9 +158,11 @@ def read_case(name: str, volume_path: Path, mask_path: Path) -> Case:
             f"case {name!r}: the mask's affine differs from the volume's: resample the mask onto the volume's grid"
         )
     view = world_view(volume.array, volume.affine)
-    affine = volume.affine if volume.affine is not None else mask.affine
-    mask_view = world_view(_mask_array(mask, name), affine if volume.array.ndim == 3 else None)
-    return Case(name, volume_path, mask_path, view.array, mask_view.array, _spacing(view.affine))
+    view_affine = volume.affine
+    if volume.affine is not None and volume.array.ndim == 3:
+        view_affine = permuted(volume.affine, view.order)  # the affine of the array as napari shows it
+    mask_view = world_view(_mask_array(mask, name), volume.affine if volume.array.ndim == 3 else None)
+    return Case(name, volume_path, mask_path, view.array, mask_view.array, _spacing(view.affine), view_affine)
 
 
 def pair_cases(volumes: Path, masks: Path) -> list[Case]:
@@ -226,6 +230,7 @@ def evaluate_case(loaded, case: Case, args: argparse.Namespace) -> list[dict[str
         method=args.method,
         upsample=args.upsample,
         device=args.device,
+        affine=case.affine,
     )
     masks = against_mask(explanation, case.mask, spacing=case.spacing)
     curves = against_model(
@@ -237,8 +242,9 @@ def evaluate_case(loaded, case: Case, args: argparse.Namespace) -> list[dict[str
         steps=args.steps,
         random_orders=args.random_orders,
         batch_size=args.batch_size,
+        affine=case.affine,
     )
-    chance = None if args.no_randomization else against_chance(loaded, case.volume, explanation)
+    chance = None if args.no_randomization else against_chance(loaded, case.volume, explanation, affine=case.affine)
     common: dict[str, object] = {
         "case": case.name,
         "volume": case.volume_path.name,

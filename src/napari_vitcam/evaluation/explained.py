@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from napari_vitcam.core.errors import Cancelled, InputError
-from napari_vitcam.engine.cam import grad_cam, model_lock
+from napari_vitcam.engine.capture import model_lock
+from napari_vitcam.engine.dispatch import explain_tokens
 from napari_vitcam.engine.token_grid import TokenGrid
 from napari_vitcam.evaluation.faithfulness import BASELINES, MODES, PerturbationCurves, perturbation_curves
 from napari_vitcam.evaluation.localisation import MaskScores, Spacing, label_scores
@@ -86,18 +87,29 @@ def _grid(explanation: VolumeExplanation) -> TokenGrid:
 def patch_tolerance(explanation: VolumeExplanation, spacing: Spacing = None) -> float:
     """Half a patch, in the heatmap's voxels (or in the spacing's units): the tolerant pointing game's tolerance.
 
-    A patch covers ``cell`` model-input voxels along each axis, that is
-    ``cell * volume / model input`` of the volume's voxels; the tolerance is
-    half the largest of these extents (times the spacing).
+    A patch covers ``cell`` model-input voxels along each axis. Resized to the
+    model's size, that is ``cell * volume / model input`` of the volume's
+    voxels; resampled to the model's spacing (a checkpoint that declares one,
+    with a volume whose geometry is known), ``cell * model spacing`` mm. The
+    tolerance is half the largest of these extents.
 
     Args:
-        explanation: the explanation (its grid and heatmap shape).
+        explanation: the explanation (its grid, heatmap shape and preprocessing report).
         spacing: the heatmap's voxel size along each axis (e.g. mm); None: voxels.
     """
     grid = _grid(explanation)
     shape = explanation.heatmap.shape
+    report = explanation.preprocessing
     scale = np.ones(3) if spacing is None else np.asarray(spacing, dtype=np.float64)
-    extent = [c * s / i * v for c, s, i, v in zip(grid.cell, shape, grid.input_shape, scale, strict=True)]
+    if report.get("fit", "resize") == "resize":
+        extent = [c * s / i * v for c, s, i, v in zip(grid.cell, shape, grid.input_shape, scale, strict=True)]
+        return float(max(extent) / 2.0)
+    model_mm, volume_mm = report.get("model_spacing_mm"), report.get("volume_spacing_mm")
+    order = report.get("reorientation", {}).get("order", [0, 1, 2])
+    extent = []
+    for k in range(3):  # model axis k samples the volume's axis order[k]
+        ratio = model_mm[k] / volume_mm[k] if model_mm and volume_mm else 1.0
+        extent.append(grid.cell[k] * ratio * scale[order[k]])
     return float(max(extent) / 2.0)
 
 
@@ -130,9 +142,13 @@ def model_inputs(
     *,
     reference: object | None = None,
     nonfinite: NonFinite = "error",
+    affine: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The model input the map explains, and a reference volume prepared the same way, on the explanation's device."""
-    x = model_input(loaded, volume, device=explanation.device, nonfinite=nonfinite)
+    """The model input the map explains, and a reference volume prepared the same way, on the explanation's device.
+
+    ``affine``: the volume's voxel-to-RAS affine as given to explain_volume (the reference shares it).
+    """
+    x = model_input(loaded, volume, device=explanation.device, nonfinite=nonfinite, affine=affine)
     ref = None
     if reference is not None:
         shape, expected = tuple(getattr(reference, "shape", ())), tuple(getattr(volume, "shape", ()))
@@ -141,7 +157,7 @@ def model_inputs(
                 f"the reference volume has shape {shape} but the volume {expected}: "
                 "give a reference scan on the same grid (e.g. a healthy scan, registered)"
             )
-        ref = model_input(loaded, reference, device=explanation.device, nonfinite=nonfinite)
+        ref = model_input(loaded, reference, device=explanation.device, nonfinite=nonfinite, affine=affine)
     return x, ref
 
 
@@ -164,6 +180,7 @@ def against_model(
     seed: int = 0,
     batch_size: int = 8,
     nonfinite: NonFinite = "error",
+    affine: np.ndarray | None = None,
 ) -> Faithfulness:
     """Deletion and insertion curves of the explanation's token map, against random orders.
 
@@ -178,10 +195,11 @@ def against_model(
         seed: for the random orders and the noise baseline.
         batch_size: perturbed inputs per forward pass.
         nonfinite: as for explain_volume.
+        affine: the volume's voxel-to-RAS affine, as given to explain_volume.
     """
     _check_baseline(baseline, reference)
     return _curves(
-        loaded, volume, explanation, [baseline], reference, steps, random_orders, seed, batch_size, nonfinite
+        loaded, volume, explanation, [baseline], reference, steps, random_orders, seed, batch_size, nonfinite, affine
     )[baseline]
 
 
@@ -197,6 +215,7 @@ def compare_baseline_curves(
     seed: int = 0,
     batch_size: int = 8,
     nonfinite: NonFinite = "error",
+    affine: np.ndarray | None = None,
 ) -> dict[str, Faithfulness]:
     """:func:`against_model` once per baseline (``reference`` is added when a reference volume is given)."""
     names = list(baselines)
@@ -204,7 +223,9 @@ def compare_baseline_curves(
         names.append("reference")
     for name in names:
         _check_baseline(name, reference)
-    return _curves(loaded, volume, explanation, names, reference, steps, random_orders, seed, batch_size, nonfinite)
+    return _curves(
+        loaded, volume, explanation, names, reference, steps, random_orders, seed, batch_size, nonfinite, affine
+    )
 
 
 def _curves(
@@ -218,9 +239,10 @@ def _curves(
     seed: int,
     batch_size: int,
     nonfinite: NonFinite,
+    affine: np.ndarray | None,
 ) -> dict[str, Faithfulness]:
     grid = _grid(explanation)
-    x, ref = model_inputs(loaded, volume, explanation, reference=reference, nonfinite=nonfinite)
+    x, ref = model_inputs(loaded, volume, explanation, reference=reference, nonfinite=nonfinite, affine=affine)
     out = {}
     with model_lock(loaded.model):  # an explanation of the same model in another thread waits
         loaded.model.to(x.device)
@@ -254,6 +276,7 @@ def against_chance(
     seed: int = 0,
     nonfinite: NonFinite = "error",
     cancel: threading.Event | None = None,
+    affine: np.ndarray | None = None,
 ) -> RandomizationResult:
     """The cascading randomisation test of the explanation (Adebayo et al. 2018), on a copy of the model.
 
@@ -267,22 +290,24 @@ def against_chance(
         seed: for the re-initialisation.
         nonfinite: as for explain_volume.
         cancel: set it to stop before the next step.
+        affine: the volume's voxel-to-RAS affine, as given to explain_volume.
     """
-    x, _ = model_inputs(loaded, volume, explanation, nonfinite=nonfinite)
+    x, _ = model_inputs(loaded, volume, explanation, nonfinite=nonfinite, affine=affine)
 
     def explain(model: nn.Module) -> torch.Tensor:
         if model is loaded.model:
             return torch.as_tensor(explanation.token_cam)
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled")
-        result = grad_cam(
+        result = explain_tokens(  # the same method, block and class, on the input the map explains
             model,
             x,
-            explanation.target_layer,
+            explanation.method,
+            explanation.target_layer or None,
             explanation.class_idx,
-            method=explanation.method,
             score_layer=loaded.spec.score_layer,
             upsample="patch",
+            token_grid=explanation.grid.shape if explanation.grid is not None else None,
             cancel=cancel,
         )
         return result.token_cam[0]
