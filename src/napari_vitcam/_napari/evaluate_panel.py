@@ -438,10 +438,11 @@ class EvaluatePanel(QGroupBox):
     def set_run(self, run: ExplainDone | None, layer: Image | None) -> None:
         """Evaluate ``run`` from now on; ``layer`` is its heatmap layer (the numbers go into its metadata)."""
         self.run, self.layer = run, layer
-        self.results = {}
-        self.plot.clear()
-        self.verdict.setText("")
-        self._fill_table()
+        if self.results:  # redraw only what showed the previous run's results (a draw takes the GUI thread)
+            self.results = {}
+            self.plot.clear()
+            self.verdict.setText("")
+            self._fill_table()
         if run is None:
             self.subject.setText("Run an explanation first: the last run's heatmap is evaluated here.")
         else:
