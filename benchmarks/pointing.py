@@ -1,13 +1,21 @@
-"""Pointing check of every explainer on small vit-pytorch 3D ViTs trained for a minute or two on the CPU.
+"""Pointing check of every explainer on small 3D ViTs of several families, trained for a minute or two on the CPU.
 
-The task: a bright cube lies in one corner octant (class 0) or the opposite one
-(class 1) of a noisy volume, at a random place inside the octant. A map
-"points" when its peak token lies within one patch (Chebyshev distance <= 1
-cell) of a token the cube overlaps. Run::
+Families (``--models``): vit-pytorch ``vit_3d.ViT`` (``vit``, cls token) and
+``simple_vit_3d.SimpleViT`` (``simple``, mean pooled), MONAI's ``ViT``
+(``monai``, cls token, Tanh head: the scores explained are those before the
+Tanh), and this project's ``ViT3D`` with a cls token (``vit3d-cls``) and a
+mean-pooled head (``vit3d-mean``).
+
+The task: a noisy volume holds a textured bright cube at a random place
+(class 1) or no cube (class 0). Every map explains class 1 on volumes with a
+cube; it "points" when its peak token lies within one patch (Chebyshev
+distance <= 1 cell) of a token the cube overlaps. Run::
 
     PYTHONPATH=src python -m benchmarks.pointing --steps 250 --volumes 60
 
-and it prints one line per model and method: accuracy, pointing rate, seconds per volume.
+and it prints one line per model and method: accuracy, pointing rate, the share of volumes
+where removing the map's top cells lowers the class probability clearly more than random cells
+(:func:`napari_vitcam.evaluation.faithfulness.agreement`, blurred cells), seconds per volume.
 """
 
 from __future__ import annotations
@@ -19,23 +27,30 @@ import numpy as np
 import torch
 
 import napari_vitcam as nv
-from napari_vitcam.testing.thirdparty import vit_pytorch_module
+from napari_vitcam.evaluation.faithfulness import agreement
+from napari_vitcam.models.spec_defaults import pre_activation_layer
+from napari_vitcam.testing.models import tiny_vit
+from napari_vitcam.testing.thirdparty import monai_vit, vit_pytorch_module
 
 SIZE, PATCH, CUBE = 24, 4, 8
 
 
 def make_batch(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Volumes (n, 1, S, S, S), labels (n,) and cube corners (n, 3)."""
+    """Volumes (n, 1, S, S, S), labels (n,) and cube corners (n, 3).
+
+    Class 1: a textured bright cube at a random place; class 0: no cube. The
+    cube is the only evidence for class 1 (a two-corner task would let a model
+    answer "class 1" from an empty corner, and a map pointing there would be right).
+    """
     x = 0.5 * torch.randn(n, 1, SIZE, SIZE, SIZE, generator=generator)
     labels = torch.randint(0, 2, (n,), generator=generator)
-    half = SIZE // 2
-    offset = torch.randint(0, half - CUBE + 1, (n, 3), generator=generator)
-    corners = torch.where(labels[:, None] == 0, offset, offset + half)
+    corners = torch.randint(0, SIZE - CUBE + 1, (n, 3), generator=generator)
     grid = torch.arange(CUBE)
     texture = 2.0 + 2.0 * (1 - 2 * ((grid[:, None, None] + grid[None, :, None] + grid[None, None, :]) % 2))
     for i in range(n):
-        d, h, w = corners[i].tolist()
-        x[i, 0, d : d + CUBE, h : h + CUBE, w : w + CUBE] += texture
+        if labels[i] == 1:
+            d, h, w = corners[i].tolist()
+            x[i, 0, d : d + CUBE, h : h + CUBE, w : w + CUBE] += texture
     return x, labels, corners
 
 
@@ -46,7 +61,19 @@ def build(kind: str) -> torch.nn.Module:
     }  # fmt: skip
     if kind == "vit":
         return vit_pytorch_module("vit_3d").ViT(**common)
-    return vit_pytorch_module("simple_vit_3d").SimpleViT(**common)
+    if kind == "simple":
+        return vit_pytorch_module("simple_vit_3d").SimpleViT(**common)
+    if kind == "monai":
+        return monai_vit(size=SIZE, patch=PATCH, depth=3)
+    if kind in ("vit3d-cls", "vit3d-mean"):
+        return tiny_vit(size=SIZE, patch=PATCH, width=32, depth=3, heads=4, pool=kind.split("-")[1])
+    raise SystemExit(f"unknown model family {kind!r}: choose vit, simple, monai, vit3d-cls or vit3d-mean")
+
+
+def logits_of(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's (B, classes) output (MONAI's ViT returns it first in a tuple)."""
+    out = model(x)
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def train(model: torch.nn.Module, steps: int, seconds: float, seed: int) -> tuple[int, float]:
@@ -57,7 +84,7 @@ def train(model: torch.nn.Module, steps: int, seconds: float, seed: int) -> tupl
     done, start = 0, time.perf_counter()
     while done < steps and time.perf_counter() - start < seconds:
         x, y, _ = make_batch(32, generator)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss = torch.nn.functional.cross_entropy(logits_of(model, x), y)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -80,7 +107,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--volumes", type=int, default=100)
-    parser.add_argument("--models", default="vit,simple")
+    parser.add_argument("--models", default="vit,simple,monai,vit3d-cls,vit3d-mean")
     parser.add_argument("--methods", default="")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -88,10 +115,14 @@ def main() -> None:
         torch.manual_seed(0)
         model = build(kind)
         steps, took = train(model, args.steps, args.seconds, seed=1)
-        x, labels, corners = make_batch(args.volumes, torch.Generator().manual_seed(123))
+        test_x, test_labels, _ = make_batch(200, torch.Generator().manual_seed(321))
         with torch.no_grad():
-            accuracy = float((model(x).argmax(1) == labels).float().mean())
-        candidates = nv.list_targets(model, x[:1])
+            accuracy = float((logits_of(model, test_x).argmax(1) == test_labels).float().mean())
+        x, labels, corners = make_batch(4 * args.volumes, torch.Generator().manual_seed(123))
+        keep = (labels == 1).nonzero()[:, 0][: args.volumes]
+        x, labels, corners = x[keep], labels[keep], corners[keep]
+        score_layer = pre_activation_layer(model)
+        candidates = nv.list_targets(model, x[:1], score_layer=score_layer)
         recommended = nv.recommended_target(candidates)
         first = candidates[0].name
         runs = [(m, recommended) for m in ("gradcam", "hirescam", "layercam", "gradcampp", "xgradcam", "eigencam")]
@@ -106,14 +137,26 @@ def main() -> None:
                           for c in corners])  # fmt: skip
         print(f"  a peak at a random token: pointing {chance:.2f}")
         for method, target in runs:
-            hits, start = 0, time.perf_counter()
-            for i in range(0, args.volumes, 10):
-                result = nv.explain_tokens(model, x[i : i + 10], method, target, labels[i : i + 10])
+            hits, agrees, seconds = 0, {"blur": 0, "mean": 0}, 0.0
+            for i in range(0, len(x), 10):
+                start = time.perf_counter()
+                result = nv.explain_tokens(
+                    model, x[i : i + 10], method, target, labels[i : i + 10], score_layer=score_layer
+                )
+                seconds += time.perf_counter() - start
                 maps = result.token_cam.cpu().numpy()
                 hits += sum(points(maps[j], corners[i + j].numpy()) for j in range(len(maps)))
-            per_volume = (time.perf_counter() - start) / args.volumes
+                for j in range(len(maps)):
+                    for baseline in agrees:
+                        check = agreement(model, x[i + j : i + j + 1], maps[j], result.grid, 1, baseline=baseline)
+                        agrees[baseline] += check.better_than_random
+            n = len(x)
             where = f" at {target}" if target else ""
-            print(f"  {method}{where}: pointing {hits / args.volumes:.2f}  ({per_volume * 1000:.0f} ms/volume)")
+            print(
+                f"  {method}{where}: pointing {hits / n:.2f}, agreement blur {agrees['blur'] / n:.2f}, "
+                f"mean {agrees['mean'] / n:.2f}  ({seconds / n * 1000:.0f} ms/volume)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ LAYERS: dict[str, float] = {
     "volumes": 2,
     "pipeline": 3,
     "evaluation": 3.5,
+    "batch": 3.75,
     "_napari": 4,
     "cli": 4,
     "demo": 5,

@@ -4,6 +4,7 @@ The engine (``grad_cam``, ``explain_volume``, ``load_checkpoint``) is pure
 torch/numpy and works without Qt or napari.
 """
 
+from napari_vitcam.batch.run import explain_many
 from napari_vitcam.core.errors import (
     Cancelled,
     CheckpointError,
@@ -61,6 +62,7 @@ __all__ = [
     "VitcamError",
     "VolumeExplanation",
     "available_devices",
+    "explain_many",
     "explain_tokens",
     "explain_volume",
     "grad_cam",

@@ -21,9 +21,12 @@ import numpy as np
 from napari.layers import Image, Layer
 
 from napari_vitcam._napari.layer_input import VolumeSelection
+from napari_vitcam.core.errors import InputError
+from napari_vitcam.core.vocabulary import name_of_class
 from napari_vitcam.engine.explainers import explainer_label
 from napari_vitcam.models.loaded_model import LoadedModel
 from napari_vitcam.pipeline.explain import VolumeExplanation
+from napari_vitcam.pipeline.sweep import VolumeSweep
 
 GENERATOR = "napari-vitcam"
 SEPARATOR = " · "
@@ -227,3 +230,73 @@ class HeatmapLayers:
         self._made[key] = _Made(
             weakref.ref(layer), layer.name, weakref.ref(layer.data), source_transforms(layer), explained
         )
+
+
+SWEEP_AXIS_LABELS = {"blocks": "block", "classes": "class"}
+
+
+def sweep_name(sweep: VolumeSweep) -> str:
+    """E.g. ``Grad-CAM · lesion · every block`` or ``Attention relevance · every class``."""
+    parts: list[str] = [explainer_label(sweep.method)]
+    if sweep.over == "blocks":
+        parts += [name_of_class(sweep.class_names, sweep.class_idx[0]), "every block"]
+    else:
+        parts += ["every class", *([sweep.target_layer] if sweep.target_layer else [])]
+    return SEPARATOR.join(parts)
+
+
+def sweep_metadata(sweep: VolumeSweep, loaded: LoadedModel, source: Layer, selection: VolumeSelection) -> dict:
+    """What each slice of a sweep layer is, and what made it."""
+    return {
+        "generator": GENERATOR,
+        "sweep": {
+            "over": sweep.over,
+            "axis": 0,
+            "labels": list(sweep.labels),
+            "class_index": list(sweep.class_idx),
+            "raw_max": list(sweep.raw_max),
+        },
+        "method": sweep.method,
+        "method_label": explainer_label(sweep.method),
+        "target_layer": sweep.target_layer,
+        "predicted_class": sweep.predicted_name,
+        "probabilities": {name_of_class(sweep.class_names, i): float(p) for i, p in enumerate(sweep.probabilities)},
+        "probabilities_from": "the model's output",
+        "checkpoint": str(loaded.source) if loaded.source is not None else None,
+        "checkpoint_sha256": dict(loaded.sha256),
+        "preprocessing": dict(sweep.preprocessing),
+        "device": sweep.device,
+        "timings": {stage: float(seconds) for stage, seconds in sweep.timings.items()},
+        "source_layer": source.name,
+        "source_layer_id": str(source.unique_id),
+        "selection": selection.describe(),
+    }
+
+
+def _with_leading_axis(transforms: dict, label: str) -> dict:
+    """``source_transforms`` of a 3D layer, for a 4D layer whose new first axis is a stack (unit steps, no offset)."""
+    rotate = np.eye(4)
+    rotate[1:, 1:] = np.asarray(transforms["rotate"], dtype=float)
+    affine = np.eye(5)
+    affine[1:, 1:] = np.asarray(transforms["affine"], dtype=float)
+    s01, s02, s12 = (float(v) for v in transforms["shear"])
+    return {
+        "scale": (1.0, *transforms["scale"]),
+        "translate": (0.0, *transforms["translate"]),
+        "rotate": rotate,
+        "shear": (0.0, 0.0, 0.0, s01, s02, s12),
+        "affine": affine,
+        "units": ("pixel", *transforms["units"]),
+        "axis_labels": (label, *transforms["axis_labels"]),
+    }
+
+
+def sweep_layer(source: Layer, selection: VolumeSelection, sweep: VolumeSweep, metadata: dict) -> Image:
+    """A new 4D layer over a 3D ``source``: one slice per block or class, a slider to move between them."""
+    if selection.fixed or selection.channel_axis is not None or len(selection.data_shape) != 3:
+        raise InputError(
+            f"a sweep is shown as one 4D layer over a 3D image, and {source.name!r} has {len(selection.data_shape)} "
+            "axes: choose a 3D image layer, or explain one block and class at a time"
+        )
+    transforms = _with_leading_axis(source_transforms(source), SWEEP_AXIS_LABELS[sweep.over])
+    return Image(sweep.heatmaps, name=sweep_name(sweep), metadata=metadata, **transforms, **APPEARANCE)

@@ -26,10 +26,12 @@ from napari_vitcam._napari.native_libraries import preload_triton
 from napari_vitcam.core.errors import Cancelled, VitcamError
 from napari_vitcam.engine.capture import model_lock
 from napari_vitcam.engine.targets import TargetCandidate
+from napari_vitcam.evaluation.faithfulness import Agreement, agreement
 from napari_vitcam.models.loaded_model import LoadedModel
 from napari_vitcam.models.targets import targets_for
 from napari_vitcam.pipeline.checks import NonFinite
-from napari_vitcam.pipeline.explain import VolumeExplanation, explain_volume
+from napari_vitcam.pipeline.explain import VolumeExplanation, explain_volume, model_input
+from napari_vitcam.pipeline.sweep import SweepAxis, VolumeSweep, sweep_volume
 
 Progress = Callable[[str], None]
 Task = Callable[[Progress, threading.Event], object]
@@ -66,7 +68,10 @@ class ExplainRequest:
     (as the user chose it) and ``keep_previous`` are for showing the result;
     ``nonfinite`` says whether NaN/Inf voxels are refused or replaced;
     ``affine``: the source's voxel-to-RAS affine (None: unknown), for a model
-    that declares its orientation or spacing.
+    that declares its orientation or spacing. ``sweep``: ``"blocks"`` or
+    ``"classes"`` for a sweep (one stack of maps), None for one map.
+    ``check``: after one map, measure how much the map's top cells matter to
+    the model against random cells (:data:`CHECK_BASELINES`).
     """
 
     loaded: LoadedModel
@@ -82,16 +87,44 @@ class ExplainRequest:
     keep_previous: bool = False
     nonfinite: NonFinite = "error"
     affine: np.ndarray | None = None
+    sweep: SweepAxis | None = None
+    check: bool = True
 
 
 @dataclass(frozen=True)
 class ExplainDone:
-    """A finished run: the explanation and its heatmap at the selection's spatial shape."""
+    """A finished run: the explanation, its heatmap at the selection's spatial shape, and the model check.
+
+    ``checks``: one :class:`~napari_vitcam.evaluation.faithfulness.Agreement`
+    per baseline of :data:`CHECK_BASELINES` (empty when the check was off).
+    """
 
     request: ExplainRequest
     explanation: VolumeExplanation
     heatmap: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    checks: tuple[Agreement, ...] = ()
+
+    @property
+    def trusted(self) -> bool | None:
+        """Whether the map's top cells matter more than random ones under some baseline (None: not checked)."""
+        return any(check.better_than_random for check in self.checks) if self.checks else None
+
+
+@dataclass(frozen=True)
+class SweepDone:
+    """A finished sweep: every block or every class of one volume."""
+
+    request: ExplainRequest
+    sweep: VolumeSweep
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+CHECK_BASELINES = ("blur", "mean")
+"""The baselines the check after each run removes the map's top cells with (a blurred copy, the volume's mean).
+
+Either can look like evidence to a model (a blurred lesion may still read as one, a mean-filled patch as a
+new one), so the map counts as agreeing with the model when it beats random cells under at least one."""
 
 
 #: What a model raises when the input does not fit it (wrong channels, size or dtype).
@@ -165,9 +198,52 @@ def explain_task(request: ExplainRequest) -> Task:
         if cancel.is_set():
             raise Cancelled("cancelled")
         timings = {"read": read_seconds, **explanation.timings}
-        return ExplainDone(request, explanation, explanation.heatmap, timings)
+        checks: tuple[Agreement, ...] = ()
+        if request.check and explanation.grid is not None:
+            progress("check")
+            start = time.perf_counter()
+            checks = _model_checks(request, volume, explanation)
+            timings["check"] = time.perf_counter() - start
+        return ExplainDone(request, explanation, explanation.heatmap, timings, checks)
 
-    return task
+    def sweep(progress: Progress, cancel: threading.Event) -> SweepDone:
+        assert request.sweep is not None
+        progress("preprocess")
+        start = time.perf_counter()
+        volume = request.selection.read(request.data)
+        read_seconds = time.perf_counter() - start
+        result = sweep_volume(
+            request.loaded,
+            volume,
+            over=request.sweep,
+            method=request.method,
+            class_idx=request.class_idx,
+            target_layer=request.target_layer,
+            upsample=request.upsample,
+            device=request.device,
+            affine=request.affine,
+            nonfinite=request.nonfinite,
+            progress=progress,
+            cancel=cancel,
+        )
+        if cancel.is_set():
+            raise Cancelled("cancelled")
+        return SweepDone(request, result, {"read": read_seconds, **result.timings})
+
+    return task if request.sweep is None else sweep
+
+
+def _model_checks(request: ExplainRequest, volume: np.ndarray, explanation: VolumeExplanation) -> tuple[Agreement, ...]:
+    """The agreement check of the map with the model, once per baseline, on the exact input the model saw."""
+    assert explanation.grid is not None
+    model = request.loaded.model
+    x = model_input(
+        request.loaded, volume, device=explanation.device, affine=request.affine, nonfinite=request.nonfinite
+    )
+    return tuple(
+        agreement(model, x, explanation.token_cam, explanation.grid, explanation.class_idx, baseline=baseline)
+        for baseline in CHECK_BASELINES
+    )
 
 
 class _StageRelay(QObject):

@@ -40,6 +40,7 @@ from napari_vitcam._napari.jobs import (
     Failure,
     Job,
     ModelReady,
+    SweepDone,
     explain_task,
     load_task,
     model_task,
@@ -53,11 +54,14 @@ from napari_vitcam._napari.prediction_view import PredictionView
 from napari_vitcam._napari.recent import RecentPaths
 from napari_vitcam.core.errors import InputError, UntrustedCheckpointError, VitcamError
 from napari_vitcam.core.vocabulary import STAGES, UPSAMPLE_MODES
-from napari_vitcam.engine.explainers import EXPLAINERS
+from napari_vitcam.engine.explainers import EXPLAINERS, LayerExplainer
 from napari_vitcam.models.loaded_model import LoadedModel
 from napari_vitcam.pipeline.devices import available_devices
+from napari_vitcam.pipeline.sweep import SweepAxis
 
 PREDICTED = "predicted"
+SWEEP_BLOCKS = "every block (sweep)"
+SWEEP_CLASSES = "every class (sweep)"
 RUN_STAGES = STAGES[1:]
 
 
@@ -101,6 +105,7 @@ class VitcamWidget(QWidget):
         self._kind = ""
         self._outcome: object = None
         self._after_job: Callable[[], object] | None = None
+        self._sweep_layer: Layer | None = None
         preload_triton()  # the viewer's OpenGL may have loaded Mesa's LLVM already
         self._build()
         self._update_buttons()
@@ -144,6 +149,16 @@ class VitcamWidget(QWidget):
         self.progress.setTextVisible(True)
         self.progress.setFormat("idle")
         self.prediction = PredictionView()
+        self.check_label = QLabel("")
+        self.check_label.setWordWrap(True)
+        self.check_label.setToolTip(
+            "After each run the map's top tenth of cells is removed (blurred, then mean-filled) and the class "
+            "probability's drop is compared with random cells: a map the model does not follow is flagged."
+        )
+        self.check_box = QCheckBox("check the map against the model")
+        self.check_box.setChecked(True)
+        self.sweep_label = QLabel("")
+        self.sweep_label.setWordWrap(True)
 
         checkpoint_row = QHBoxLayout()
         checkpoint_row.addWidget(self.checkpoint_combo, 1)
@@ -163,11 +178,14 @@ class VitcamWidget(QWidget):
         form.addRow("Upsampling", self.upsample_combo)
         form.addRow("", self.keep_check)
         form.addRow("", self.replace_check)
+        form.addRow("", self.check_box)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.prediction)
+        layout.addWidget(self.check_label)
+        layout.addWidget(self.sweep_label)
         self.evaluate = EvaluatePanel(self.viewer)  # the Evaluate section, collapsed until opened
         layout.addWidget(self.evaluate)
         layout.addStretch(1)
@@ -177,6 +195,8 @@ class VitcamWidget(QWidget):
         self.run_button.clicked.connect(self._run_clicked)
         self.cancel_button.clicked.connect(self.cancel)
         self.layer_combo.changed.connect(self._update_buttons)
+        self.method_combo.currentIndexChanged.connect(self._update_buttons)
+        self.viewer.dims.events.current_step.connect(self._show_sweep_slice)
 
     def _fill_recent(self, paths: list[str]) -> None:
         text = self.checkpoint_combo.currentText()
@@ -281,10 +301,14 @@ class VitcamWidget(QWidget):
         elif spec.target_layer:
             self.target_combo.addItem(spec.target_layer, spec.target_layer)
             self.target_combo.setCurrentIndex(self.target_combo.count() - 1)
+        if sum(not c.zero_gradient for c in ready.targets) > 1:
+            self.target_combo.addItem(SWEEP_BLOCKS, SWEEP_BLOCKS)
         self.class_combo.clear()
         self.class_combo.addItem(PREDICTED, None)
         for index, name in enumerate(spec.class_names):
             self.class_combo.addItem(name, index)
+        if len(spec.class_names) > 1:
+            self.class_combo.addItem(SWEEP_CLASSES, SWEEP_CLASSES)
 
     # ---------------------------------------------------------------- running
     def _run_clicked(self) -> None:
@@ -336,18 +360,39 @@ class VitcamWidget(QWidget):
         assert self.ready is not None  # run() checks
         loaded = self.ready.loaded
         selection = select_volume(source, loaded.spec.input.channels, self.viewer.dims.point)
+        method = self.method_combo.currentData()
         target = self.target_combo.currentData()
-        if not target:
+        class_choice = self.class_combo.currentData()
+        sweep: SweepAxis | None = None
+        if target == SWEEP_BLOCKS:
+            sweep, target = "blocks", loaded.spec.target_layer or ""
+            if not isinstance(EXPLAINERS[method], LayerExplainer):
+                raise InputError(
+                    f"{EXPLAINERS[method].label} reads no single layer, so it has no block to sweep: "
+                    "choose a layer method such as Grad-CAM, or one block"
+                )
+        if class_choice == SWEEP_CLASSES:
+            if sweep is not None:
+                raise InputError("sweep over every block or over every class, not both: choose one block or one class")
+            sweep, class_choice = "classes", None
+        if not target and isinstance(EXPLAINERS[method], LayerExplainer):
             raise InputError("no target block: load a checkpoint whose model has transformer blocks")
+        if sweep is not None and (selection.fixed or selection.channel_axis is not None):
+            raise InputError(
+                f"a sweep is shown as one 4D layer over a 3D image, and {source.name!r} has "
+                f"{len(selection.data_shape)} axes: choose a 3D image layer, or explain one block and class at a time"
+            )
         return ExplainRequest(
             loaded=loaded,
             source=source,
             data=full_resolution(source),
             selection=selection,
             target_layer=target,
-            class_idx=self.class_combo.currentData(),
+            class_idx=class_choice,
+            sweep=sweep,
+            check=self.check_box.isChecked(),
             class_label=self.class_combo.currentText(),
-            method=self.method_combo.currentData(),
+            method=method,
             upsample=self.upsample_combo.currentData(),
             device=self.device_combo.currentData(),
             keep_previous=self.keep_check.isChecked(),
@@ -370,8 +415,8 @@ class VitcamWidget(QWidget):
                 assert isinstance(result.error, VitcamError)  # expected failures are ours
                 notices.notify_run_error(result.error, rerun_on_cpu=self._rerun_on_cpu)
             return
-        assert isinstance(result, ExplainDone)
-        request, explanation = result.request, result.explanation
+        assert isinstance(result, (ExplainDone, SweepDone))
+        request = result.request
         if request.source not in self.viewer.layers:
             notices.notify(
                 f"Grad-CAM: layer {request.source.name!r} was removed during the run: no heatmap shown", severity="info"
@@ -384,6 +429,10 @@ class VitcamWidget(QWidget):
                 severity="info",
             )
             return
+        if isinstance(result, SweepDone):
+            self._show_sweep(result)
+            return
+        explanation = result.explanation
         timings = {"load": self.ready.seconds if self.ready else 0.0, **result.timings}
         metadata = heatmap_layer.heatmap_metadata(
             explanation,
@@ -393,6 +442,9 @@ class VitcamWidget(QWidget):
             requested_class=request.class_label,
             timings=timings,
         )
+        if result.checks:
+            metadata["model_check"] = [check.as_dict() for check in result.checks]
+            metadata["model_check_passed"] = result.trusted
         self._outcome = self.heatmaps.show(
             self.viewer.layers,
             request.source,
@@ -405,8 +457,54 @@ class VitcamWidget(QWidget):
         self.last_run = result
         self.evaluate.set_run(result, self._outcome if isinstance(self._outcome, Layer) else None)
         self.prediction.show_explanation(explanation, request.source.name)
+        self._show_checks(result)
         if "frame_note" in explanation.preprocessing:
             notices.notify(f"Grad-CAM: {explanation.preprocessing['frame_note']}", severity="warning")
+
+    def _show_checks(self, result: ExplainDone) -> None:
+        """One line: do the map's top cells matter to the model more than random cells? A warning when not."""
+        if not result.checks:
+            self.check_label.setText("")
+            return
+        best = max(result.checks, key=lambda check: check.margin)
+        if result.trusted:
+            self.check_label.setStyleSheet("")
+            self.check_label.setText(f"Model check: {best.line}.")
+            return
+        self.check_label.setStyleSheet("color: orange")
+        self.check_label.setText(
+            f"Model check: removing the map's top {best.cells} cells lowers p by {best.drop:.2f}, random cells by "
+            f"{best.random_drop:.2f} (blurred or mean-filled): the map does no better than random cells; "
+            "do not trust it (try another method or block)."
+        )
+
+    def _show_sweep(self, result: SweepDone) -> None:
+        """A new 4D layer over the source, its slider on the slice of the predicted class or recommended block."""
+        request, sweep = result.request, result.sweep
+        metadata = heatmap_layer.sweep_metadata(sweep, request.loaded, request.source, request.selection)
+        layer = heatmap_layer.sweep_layer(request.source, request.selection, sweep, metadata)
+        self.viewer.layers.append(layer)
+        wanted = self.ready.loaded.spec.target_layer if self.ready and sweep.over == "blocks" else sweep.predicted_name
+        first = sweep.labels.index(wanted) if wanted in sweep.labels else 0
+        self.viewer.dims.set_point(self.viewer.dims.ndim - 4, first)
+        self._sweep_layer = layer
+        self._outcome = layer
+        self.check_label.setText("")
+        self._show_sweep_slice()
+
+    def _show_sweep_slice(self, _event=None) -> None:
+        """Say which block or class the sweep layer's slider shows."""
+        layer = getattr(self, "_sweep_layer", None)
+        if layer is None or layer not in self.viewer.layers:
+            self.sweep_label.setText("")
+            return
+        labels = layer.metadata["sweep"]["labels"]
+        axis = self.viewer.dims.ndim - layer.ndim
+        index = int(min(max(round(float(self.viewer.dims.point[axis])), 0), len(labels) - 1))
+        what = heatmap_layer.SWEEP_AXIS_LABELS[layer.metadata["sweep"]["over"]]
+        self.sweep_label.setText(
+            f"{layer.name}: {what} {labels[index]} ({index + 1} of {len(labels)}; move the {what} slider for the others)"
+        )
 
     def cancel(self, *_args) -> None:
         """Stop the running job: a run stops at the model's next module call."""
@@ -463,6 +561,8 @@ class VitcamWidget(QWidget):
     def _update_buttons(self, *_args) -> None:
         idle = self._job is None
         self.run_button.setEnabled(idle and self.ready is not None and self.selected_layer() is not None)
+        method = self.method_combo.currentData()
+        self.target_combo.setEnabled(isinstance(EXPLAINERS.get(method), LayerExplainer))
         self.cancel_button.setEnabled(not idle)
         self.load_button.setEnabled(idle)
         self.browse_button.setEnabled(idle)

@@ -14,7 +14,7 @@ Triple = tuple[int, int, int]
 FloatTriple = tuple[float, float, float]
 """Three floats along the (depth, height, width) axes."""
 
-Stage = Literal["load", "preprocess", "forward", "backward", "map", "upsample"]
+Stage = Literal["load", "preprocess", "forward", "backward", "map", "upsample", "check"]
 """A step of loading a model or explaining a volume, in the order they run."""
 STAGES: tuple[Stage, ...] = get_args(Stage)
 

@@ -46,7 +46,7 @@ from napari_vitcam.engine.explainers.base import (
     PerturbationExplainer,
 )
 from napari_vitcam.engine.introspect import model_device, resolve_module
-from napari_vitcam.engine.token_grid import Layout
+from napari_vitcam.engine.token_grid import Layout, TokenGrid
 from napari_vitcam.engine.voxel_map import tokens_to_voxels
 
 
@@ -57,6 +57,7 @@ class Sweep:
     Args:
         cams: (B, K, D, H, W) the K raw voxel maps of each sample.
         token_cams: K token maps, each (B, d, h, w) on its own grid.
+        grids: the K grids.
         labels: what each of the K slices is (a layer name, or a class name).
         logits: (B, classes) the scores explained (the score layer's output where one is named).
         output_logits: the model's own output where a score layer is named.
@@ -67,6 +68,7 @@ class Sweep:
 
     cams: torch.Tensor
     token_cams: list[torch.Tensor]
+    grids: list[TokenGrid]
     labels: tuple[str, ...]
     logits: torch.Tensor
     class_idx: torch.Tensor
@@ -154,7 +156,7 @@ def sweep_blocks(
     start = time.perf_counter()
     embed_shape = tuple(seen["embed"][-1].shape[2:]) if seen.get("embed") else None
     grid = _patch_grid(model, input_shape, embed_shape, token_grid)
-    token_cams, cams = [], []
+    token_cams, cams, grids = [], [], []
     for name, activation, gradient in zip(names, activations, grads, strict=True):
         gradient = torch.zeros_like(activation) if gradient is None else gradient
         token_cam, token_layout = explain_layer_map(
@@ -162,12 +164,14 @@ def sweep_blocks(
             grid, input_shape, layout,
         )  # fmt: skip
         token_cams.append(token_cam)
+        grids.append(token_layout.grid)
         cams.append(tokens_to_voxels(token_cam, token_layout.grid, out_shape, mode=upsample))
     _sync(device)
     timings["map"] = time.perf_counter() - start
     return Sweep(
         cams=torch.stack(cams, dim=1),
         token_cams=token_cams,
+        grids=grids,
         labels=tuple(names),
         logits=logits.detach(),
         class_idx=classes[:, None].expand(-1, len(names)).clone(),
@@ -227,8 +231,9 @@ def sweep_classes(
                 token_grid=token_grid, out_shape=out_shape, batch_size=batch_size,
             )  # fmt: skip
             runs.append(run)
-        return _stack_classes(runs[0].logits, [r.token_cam for r in runs], [r.cam for r in runs], wanted, class_names,
-                              explainer.name, timings, runs[0].output_logits)  # fmt: skip
+        return _stack_classes(runs[0].logits, [r.token_cam for r in runs], [r.cam for r in runs],
+                              [r.grid for r in runs], wanted, class_names, explainer.name, timings,
+                              runs[0].output_logits)  # fmt: skip
     with ExitStack() as stack:
         stack.enter_context(model_lock(model))  # one explanation at a time per model
         stack.enter_context(eval_mode(model))
@@ -250,7 +255,7 @@ def sweep_classes(
         timings["forward"] = time.perf_counter() - start
     wanted = list(range(logits.shape[1])) if classes is None else list(classes)
     start = time.perf_counter()
-    token_cams, cams = [], []
+    token_cams, cams, grids = [], [], []
     if isinstance(explainer, AttentionExplainer):
         tokens = check_attention(found)
         grid = _grid_or_error(model, input_shape, seen, token_grid)
@@ -270,6 +275,7 @@ def sweep_classes(
             with torch.no_grad():
                 token_cam = explainer.token_map(inputs).reshape(-1, *grid.shape)
             token_cams.append(token_cam)
+            grids.append(grid)
             cams.append(tokens_to_voxels(token_cam, grid, out_shape, mode=upsample))
     else:
         assert isinstance(explainer, LayerExplainer)
@@ -291,18 +297,20 @@ def sweep_classes(
             )  # fmt: skip
             layout = token_layout.layout  # type: ignore[assignment]  # established once
             token_cams.append(token_cam)
+            grids.append(token_layout.grid)
             cams.append(tokens_to_voxels(token_cam, token_layout.grid, out_shape, mode=upsample))
     _sync(device)
     timings["backward+map"] = time.perf_counter() - start
-    return _stack_classes(logits, token_cams, cams, wanted, class_names, explainer.name, timings, own_logits)
+    return _stack_classes(logits, token_cams, cams, grids, wanted, class_names, explainer.name, timings, own_logits)
 
 
-def _stack_classes(logits, token_cams, cams, wanted, class_names, method, timings, own_logits=None) -> Sweep:
+def _stack_classes(logits, token_cams, cams, grids, wanted, class_names, method, timings, own_logits=None) -> Sweep:
     names = tuple(class_names[c] if c < len(class_names) else class_label(c) for c in wanted)
     batch = logits.shape[0]
     return Sweep(
         cams=torch.stack(cams, dim=1),
         token_cams=token_cams,
+        grids=grids,
         labels=names,
         logits=logits.detach(),
         class_idx=torch.tensor(wanted, device=logits.device)[None].expand(batch, -1).clone(),

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_vitcam.core.errors import InputError
-from napari_vitcam.engine.capture import eval_mode
+from napari_vitcam.engine.capture import eval_mode, model_lock
 from napari_vitcam.engine.introspect import read_logits
 from napari_vitcam.engine.token_grid import TokenGrid
 
@@ -346,7 +346,7 @@ def perturbation_curves(
     counts = sorted({round(n * i / steps) for i in range(steps + 1)})
     fractions = np.array(counts, dtype=np.float64) / n
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    with torch.no_grad(), eval_mode(model):
+    with model_lock(model), torch.no_grad(), eval_mode(model):
         fill = baseline_input(x, baseline, grid, reference=reference, seed=seed)
         prober = _Prober(model, x, fill, grid, int(class_idx), batch_size)
         order = torch.argsort(values, descending=True, stable=True)
@@ -421,7 +421,7 @@ def agreement(
     n = grid.n_tokens
     cells = max(1, min(n, round(n * share)))
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    with torch.no_grad(), eval_mode(model):
+    with model_lock(model), torch.no_grad(), eval_mode(model):
         fill = baseline_input(x, baseline, grid, reference=reference, seed=seed)
         prober = _Prober(model, x, fill, grid, int(class_idx), batch_size)
         orders = [torch.argsort(values, descending=True, stable=True)]

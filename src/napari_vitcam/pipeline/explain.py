@@ -81,7 +81,7 @@ class VolumeExplanation:
         return [(name_of_class(self.class_names, int(i)), float(self.probabilities[i])) for i in order]
 
 
-def _spatial_shape(volume) -> Triple | None:
+def spatial_shape(volume) -> Triple | None:
     """The last three axes (prepare_input reports volumes with too few)."""
     shape = tuple(int(s) for s in np.shape(volume))
     return (shape[-3], shape[-2], shape[-1]) if len(shape) >= 3 else None
@@ -139,8 +139,8 @@ def explain_volume(
     nonfinite = check_nonfinite_choice(nonfinite)
     torch_device = pick_device(device)
     report = progress or (lambda stage: None)
-    volume, plan = _in_model_frame(volume, affine, frame, loaded)
-    out_shape = _spatial_shape(volume)
+    volume, plan = in_model_frame(volume, affine, frame, loaded)
+    out_shape = spatial_shape(volume)
     timings: dict[str, float] = {}
     try:
         report("preprocess")
@@ -216,14 +216,14 @@ def explain_volume(
     )
 
 
-def _in_model_frame(
+def in_model_frame(
     volume: object, affine: np.ndarray | None, frame: ModelFrame | None, loaded: LoadedModel
 ) -> tuple[object, FramePlan]:
     """The volume in the model's orientation (a view) and the plan that brings it to the model and back."""
     if isinstance(volume, torch.Tensor):
         volume = as_array(volume)  # a tensor may require grad or live on a GPU
     frame = frame if frame is not None else spec_frame(loaded.spec.input)
-    plan = plan_frame(frame, affine, _spatial_shape(volume), loaded.spec.input)
+    plan = plan_frame(frame, affine, spatial_shape(volume), loaded.spec.input)
     return plan.orient(volume), plan
 
 
@@ -246,7 +246,7 @@ def model_input(
         frame: the model's orientation and spacing (default: what the spec declares).
         nonfinite: what to do with NaN/Inf voxels ("error" or "replace").
     """
-    oriented, plan = _in_model_frame(volume, affine, frame, loaded)
+    oriented, plan = in_model_frame(volume, affine, frame, loaded)
     return prepare_input(
         oriented, loaded.spec.input, pick_device(device), nonfinite=check_nonfinite_choice(nonfinite), fit=plan.axes
     )

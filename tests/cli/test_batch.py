@@ -1,0 +1,75 @@
+"""``napari-vitcam batch``: a cohort on a local cluster and on a running scheduler, resumption, errors."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import distributed
+from tests.batch.cohort import make_cohort
+
+from napari_vitcam.cli.main import main
+
+
+def test_batch_explains_a_folder_with_a_progress_bar_and_resumes(tmp_path: Path, capsys):
+    cohort = make_cohort(tmp_path / "cohort")
+    out = tmp_path / "out"
+    args = ["batch", str(cohort.checkpoint), str(cohort.scans), "-o", str(out), "--workers", "2", "--in-process"]
+    args += ["--device", "cpu", "--format", "csv"]
+    assert main(args) == 3  # finished, with a failed case
+    printed = capsys.readouterr()
+    assert "5 cases: 4 explained, 0 already done, 1 failed" in printed.out
+    assert f"failed: {cohort.corrupt.resolve()}" in printed.out
+    assert "5/5" in printed.err and "1 failed" in printed.err  # the progress bar's last state
+    with (out / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(Path(r["path"]).name for r in rows) == sorted(p.name for p in cohort.scans.iterdir())
+    assert (out / "report.html").is_file()
+
+    cohort.corrupt.unlink()
+    assert main([*args, "--no-progress"]) == 0
+    printed = capsys.readouterr()
+    assert "4 cases: 0 explained, 4 already done, 0 failed" in printed.out and printed.err == ""
+
+
+def test_batch_runs_on_a_running_scheduler(tmp_path: Path, capsys):
+    cohort = make_cohort(tmp_path / "cohort", count=2)
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, protocol="tcp", dashboard_address=":0", silence_logs=40
+    ) as cluster:
+        args = ["batch", str(cohort.checkpoint), str(cohort.table), "-o", str(tmp_path / "out")]
+        code = main([*args, "--scheduler", cluster.scheduler_address, "--device", "cpu", "--no-progress"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "3 cases: 3 explained" in printed.out and "on 2 worker(s)" in printed.out
+    assert (tmp_path / "out" / "results.parquet").is_file()
+
+
+def test_batch_refuses_bad_input_in_one_line_before_any_work(tmp_path: Path, capsys):
+    cohort = make_cohort(tmp_path / "cohort", count=1)
+    out = tmp_path / "out"
+    assert main(["batch", str(cohort.checkpoint), str(tmp_path / "nowhere"), "-o", str(out), "--in-process"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("napari-vitcam batch: ") and error.count("\n") == 1 and "does not exist" in error
+    args = ["batch", str(cohort.checkpoint), str(cohort.scans), "-o", str(out), "--in-process", "--method", "magic"]
+    assert main(args) == 1
+    assert "unknown method 'magic'" in capsys.readouterr().err
+    assert not list((out / ".cases").glob("*"))
+
+
+def test_batch_on_worker_processes_loads_the_model_once_per_process(tmp_path: Path, capsys):
+    """The default local cluster: worker processes, sent paths, each loading the model once."""
+    import json
+
+    cohort = make_cohort(tmp_path / "cohort", count=3)
+    out = tmp_path / "out"
+    args = ["batch", str(cohort.checkpoint), str(cohort.table), "-o", str(out), "--workers", "2", "--device", "cpu"]
+    assert main([*args, "--no-progress"]) == 0
+    assert "4 cases: 4 explained" in capsys.readouterr().out
+    records = [json.loads(p.read_text()) for p in (out / ".cases").glob("*.json")]
+    assert len(records) == 4 and all(r["status"] == "ok" and r["metrics"] for r in records)
+    pids = {r["pid"] for r in records}
+    assert os.getpid() not in pids  # explained in other processes
+    loads = [r["pid"] for r in records if r["model_loaded_here"]]
+    assert sorted(loads) == sorted(pids)  # once per process that took cases
