@@ -84,6 +84,7 @@ def test_a_run_never_stalls_the_event_loop(qtbot, make_napari_viewer, tmp_path, 
     assert widget.run()
     report = longest_stall(done, timeout_s=120)
     assert finished[0] is not None and finished[0] is first.args[0], "the rerun failed or added a layer"
-    assert model.waited == [True], "the run's forward pass never saw its gate open: the GUI thread was blocked"
+    # the run's forward pass waited for the gate the GUI thread opens; the model check's passes after it found it open
+    assert model.waited and all(model.waited), "a forward pass never saw its gate open: the GUI thread was blocked"
     assert ticks.count(False) >= TICKS_BEFORE_THE_GATE_OPENS - 1 and ticks[-1] is True
     assert report.longest_ms <= MAX_STALL_MS, report

@@ -117,12 +117,12 @@ def test_blocks_are_listed_with_the_recommended_one_chosen(qtbot, widget, checkp
     combo = widget.target_combo
     names = [combo.itemData(i) for i in range(combo.count())]
     labels = [combo.itemText(i) for i in range(combo.count())]
-    assert names == ["blocks.0.norm1", "blocks.0", "blocks.1.norm1", "blocks.1"]
+    assert names == ["blocks.0.norm1", "blocks.0", "blocks.1.norm1", "blocks.1", widget_module.SWEEP_BLOCKS]
     assert combo.currentData() == "blocks.1.norm1" and "recommended" in combo.currentText()
-    assert "zero gradient" in labels[-1]
+    assert "zero gradient" in labels[3]
     assert combo.itemData(3, Qt.ItemDataRole.ToolTipRole)
     classes = [widget.class_combo.itemText(i) for i in range(widget.class_combo.count())]
-    assert classes == ["predicted", *CLASSES]
+    assert classes == ["predicted", *CLASSES, widget_module.SWEEP_CLASSES]
 
 
 def test_recent_checkpoints_are_remembered_across_sessions(qtbot, viewer, widget, checkpoint, monkeypatch):
