@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_vitcam._napari import heatmap_layer, notices
+from napari_vitcam._napari.evaluate_panel import EvaluatePanel
 from napari_vitcam._napari.jobs import (
     ExplainDone,
     ExplainRequest,
@@ -185,6 +186,8 @@ class VitcamWidget(QWidget):
         layout.addWidget(self.prediction)
         layout.addWidget(self.check_label)
         layout.addWidget(self.sweep_label)
+        self.evaluate = EvaluatePanel(self.viewer)  # the Evaluate section, collapsed until opened
+        layout.addWidget(self.evaluate)
         layout.addStretch(1)
 
         self.load_button.clicked.connect(self.load_current)
@@ -452,6 +455,7 @@ class VitcamWidget(QWidget):
             keep_previous=request.keep_previous,
         )
         self.last_run = result
+        self.evaluate.set_run(result, self._outcome if isinstance(self._outcome, Layer) else None)
         self.prediction.show_explanation(explanation, request.source.name)
         self._show_checks(result)
         if "frame_note" in explanation.preprocessing:

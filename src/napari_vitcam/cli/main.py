@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "demo": ("napari_vitcam.demo.app", "open napari with a demo volume, its lesion mask and the widget"),
     "explain": ("napari_vitcam.cli.explain", "explain a volume file with a checkpoint, without a GUI"),
     "batch": ("napari_vitcam.cli.batch", "explain a folder, glob or CSV of scans on Dask, resumable"),
+    "evaluate": ("napari_vitcam.cli.evaluate", "score a model's heatmaps against masks, the model and chance"),
     "train-demo": ("napari_vitcam.demo.train", "train the demo ViT on generated volumes"),
     "evaluate-demo": ("napari_vitcam.demo.evaluate", "measure where the demo model's heatmaps point"),
 }

@@ -19,7 +19,10 @@ from the training and validation seeds) this reports:
     the level that matches it best.
 
 The metric functions live in :mod:`napari_vitcam.evaluation.localisation` and
-work on any volume.
+work on any volume; the tolerance is the one the widget and
+``napari-vitcam evaluate`` use (:func:`napari_vitcam.evaluation.explained.patch_tolerance`:
+half a patch). For any model, your own volumes and masks, and the checks
+against the model and against chance, use ``napari-vitcam evaluate``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,158 @@
+"""``napari-vitcam evaluate`` over real files, with a model whose answer is known."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from napari_vitcam.cli.main import main
+from napari_vitcam.models.checkpoint import load_checkpoint
+from napari_vitcam.pipeline.explain import explain_volume
+from napari_vitcam.testing.models import OneRegionClassifier
+
+
+@pytest.fixture
+def reader_file(tmp_path):
+    """The one-region model as a whole pickled module (loaded with --trust)."""
+    path = tmp_path / "reader.pt"
+    torch.save(OneRegionClassifier(), path)
+    return path
+
+
+def write_cases(folder, count=2, *, mask_of=None):
+    model = OneRegionClassifier()
+    volumes, masks = folder / "volumes", folder / "masks"
+    volumes.mkdir(exist_ok=True)
+    masks.mkdir(exist_ok=True)
+    for seed in range(count):
+        np.save(volumes / f"case{seed}.npy", model.bright_input(seed=seed)[0, 0].numpy())
+        mask = model.region().numpy().astype(np.uint8) if mask_of is None else mask_of(seed)
+        np.save(masks / f"case{seed}.npy", mask)
+    return volumes, masks
+
+
+def read_rows(path):
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def evaluate(checkpoint, volumes, masks, output, *extra):
+    argv = ["evaluate", str(checkpoint), "--trust", "--volumes", str(volumes), "--masks", str(masks)]
+    return main([*argv, "-o", str(output), "--class", "1", "--method", "hirescam", "--target", "embed", *extra])
+
+
+def test_a_model_that_reads_one_region_points_there_and_beats_random(tmp_path, reader_file, capsys):
+    volumes, masks = write_cases(tmp_path)
+    output = tmp_path / "results.csv"
+    assert evaluate(reader_file, volumes, masks, output, "--baseline", "mean") == 0
+    rows = read_rows(output)
+    assert [r["case"] for r in rows] == ["case0", "case1"]
+    for row in rows:
+        assert row["pointing_strict"] == "1" and row["pointing_tolerant"] == "1" and row["peak_distance"] == "0"
+        assert row["deletion_beats_random"] == "yes" and row["insertion_beats_random"] == "yes"
+        assert float(row["deletion_auc"]) < float(row["deletion_random_auc"])
+        assert row["baseline"] == "mean" and row["method"] == "hirescam" and row["target_layer"] == "embed"
+        assert row["tolerance"] == "2" and row["distance_unit"] == "voxels"  # half a 4-voxel patch
+        assert row["randomization_survives"] == "no" and row["randomization_steps"].startswith("head:")
+    out = capsys.readouterr().out
+    assert "2 case(s)" in out and "strict 1.000" in out and "beats random on 2/2" in out
+
+
+def test_the_csv_agrees_with_a_hand_computation(tmp_path, reader_file):
+    volumes, masks = write_cases(tmp_path, count=1)
+    output = tmp_path / "results.csv"
+    assert evaluate(reader_file, volumes, masks, output, "--no-randomization") == 0
+    (row,) = read_rows(output)
+    loaded = load_checkpoint(reader_file, trust=True)
+    heatmap = explain_volume(
+        loaded, np.load(volumes / "case0.npy"), target_layer="embed", class_idx=1, method="hirescam", device="cpu"
+    ).heatmap.astype(np.float64)
+    region = np.load(masks / "case0.npy").astype(bool)
+    assert float(row["energy"]) == pytest.approx(heatmap[region].sum() / heatmap.sum(), rel=1e-5)
+    ious = [((heatmap >= t) & region).sum() / ((heatmap >= t) | region).sum() for t in np.unique(heatmap)]
+    assert float(row["iou"]) == pytest.approx(max(ious), rel=1e-5)
+    assert row["voxels"] == str(region.sum()) and row["randomization_survives"] == ""
+
+
+def test_labels_are_scored_one_row_each(tmp_path, reader_file):
+    def two_labels(seed):
+        mask = OneRegionClassifier().region().numpy().astype(np.int16)
+        mask[0:2, 0:2, 0:2] = 2  # a corner the model never reads
+        return mask
+
+    volumes, masks = write_cases(tmp_path, count=1, mask_of=two_labels)
+    output = tmp_path / "results.csv"
+    assert evaluate(reader_file, volumes, masks, output, "--no-randomization") == 0
+    rows = read_rows(output)
+    assert [(r["label"], r["pointing_strict"]) for r in rows] == [("1", "1"), ("2", "0")]
+    assert float(rows[1]["peak_distance"]) > 0
+
+
+def test_nifti_cases_measure_distances_in_mm(tmp_path, reader_file):
+    nibabel = pytest.importorskip("nibabel")
+    model = OneRegionClassifier()
+    (tmp_path / "v").mkdir()
+    (tmp_path / "m").mkdir()
+    # 2 mm voxels stored in world order (S, P, L along the file's axes): napari and the model see the array as saved
+    affine = np.array([[0, 0, -2.0, 0], [0, -2.0, 0, 0], [2.0, 0, 0, 0], [0, 0, 0, 1]])
+    volume = model.bright_input()[0, 0].numpy()
+    nibabel.save(nibabel.Nifti1Image(volume, affine), tmp_path / "v" / "scan.nii.gz")
+    nibabel.save(nibabel.Nifti1Image(model.region().numpy().astype(np.uint8), affine), tmp_path / "m" / "scan.nii.gz")
+    output = tmp_path / "results.csv"
+    assert evaluate(reader_file, tmp_path / "v", tmp_path / "m", output, "--no-randomization") == 0
+    (row,) = read_rows(output)
+    assert row["distance_unit"] == "mm" and row["tolerance"] == "4"
+    assert row["pointing_strict"] == "1"
+
+
+def test_problems_are_one_line_before_any_model_is_loaded(tmp_path, capsys):
+    missing_checkpoint = tmp_path / "never-read.pt"  # every check below fails before the model is read
+    volumes, masks = write_cases(tmp_path)
+    output = tmp_path / "results.csv"
+
+    def error(*extra, volumes=volumes, masks=masks):
+        assert evaluate(missing_checkpoint, volumes, masks, output, *extra) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("napari-vitcam evaluate: ")
+        assert not output.exists()
+        return err[0]
+
+    (masks / "case1.npy").unlink()
+    message = error()
+    assert "no mask" in message and "case1" in message
+    np.save(masks / "case1.npy", np.ones((8, 8, 8), np.uint8))
+    message = error()
+    assert "shape (8, 8, 8)" in message and "case1" in message
+    np.save(masks / "case1.npy", np.zeros((16, 16, 16), np.uint8))
+    assert "empty" in error()
+    np.save(masks / "case1.npy", np.full((16, 16, 16), 0.5, np.float32))
+    assert "non-integer" in error()
+    np.save(masks / "case1.npy", np.ones((16, 16, 16), np.uint8))
+    assert "needs --reference" in error("--baseline", "reference")
+    assert "does not exist" in error(masks=tmp_path / "nowhere")
+    assert "unknown method 'nope'" in error("--method", "nope")
+    output.write_text("keep me")
+    assert evaluate(missing_checkpoint, volumes, masks, output) == 1
+    assert "exists: pass --force" in capsys.readouterr().err
+    assert output.read_text() == "keep me"
+
+
+def test_force_replaces_an_existing_output(tmp_path, reader_file):
+    volumes, masks = write_cases(tmp_path, count=1)
+    output = tmp_path / "results.csv"
+    output.write_text("old")
+    assert evaluate(reader_file, volumes, masks, output, "--force", "--no-randomization") == 0
+    assert read_rows(output)[0]["case"] == "case0"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_reference_baseline_is_recorded(tmp_path, reader_file):
+    volumes, masks = write_cases(tmp_path, count=1)
+    reference = tmp_path / "healthy.npy"
+    np.save(reference, np.zeros((16, 16, 16), np.float32))
+    output = tmp_path / "results.csv"
+    argv = ("--baseline", "reference", "--reference", str(reference), "--no-randomization")
+    assert evaluate(reader_file, volumes, masks, output, *argv) == 0
+    (row,) = read_rows(output)
+    assert row["baseline"] == "reference" and row["deletion_beats_random"] == "yes"
