@@ -74,6 +74,9 @@ def test_the_widget_explains_a_scan_in_the_checkpoints_frame(
     (scan,) = viewer.open(str(write_nifti(tmp_path / "scan.nii.gz", array, affine)), plugin="napari-vitcam")
     with qtbot.waitSignal(widget.load_finished, timeout=TIMEOUT_MS):
         assert widget.load(framed_checkpoint)
+    widget.method_combo.setCurrentIndex(
+        widget.method_combo.findData("gradcam")
+    )  # compared with explain_volume's default
     with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS) as blocker:
         assert widget.run(scan)
     heatmap = blocker.args[0]

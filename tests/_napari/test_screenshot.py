@@ -48,6 +48,7 @@ def test_the_3d_view_shows_the_heatmap_over_the_volume(qtbot, make_napari_viewer
     spec = ModelSpec(input=InputSpec(spatial_size=(16, 16, 16), normalization=Normalization("zscore")))
     with qtbot.waitSignal(widget.load_finished, timeout=60_000):
         widget.use_model(LoadedModel(model, spec))
+    widget.method_combo.setCurrentIndex(widget.method_combo.findData("gradcam"))
     with qtbot.waitSignal(widget.run_finished, timeout=60_000) as finished:
         widget.run()
     heatmap = finished.args[0]

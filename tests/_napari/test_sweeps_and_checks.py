@@ -23,6 +23,7 @@ def widget(make_napari_viewer):
 def use(qtbot, widget, loaded):
     with qtbot.waitSignal(widget.load_finished, timeout=TIMEOUT_MS):
         assert widget.use_model(loaded)
+    widget.method_combo.setCurrentIndex(widget.method_combo.findData("gradcam"))
 
 
 def run(qtbot, widget):

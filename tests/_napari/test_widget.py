@@ -64,10 +64,27 @@ def widget(viewer):
     return dock
 
 
-def load(qtbot, widget, path=None, *, model=None):
+def load(qtbot, widget, path=None, *, model=None, method="gradcam"):
+    """Load, then choose ``method`` (these tests are about the widget, not the default method: see below)."""
     with qtbot.waitSignal(widget.load_finished, timeout=TIMEOUT_MS) as blocker:
         assert widget.load(path) if model is None else widget.use_model(model)
+    if method is not None and blocker.args[0] is not None:
+        widget.method_combo.setCurrentIndex(widget.method_combo.findData(method))
     return blocker.args[0]
+
+
+def test_the_measured_default_method_is_chosen_and_marked(qtbot, widget, checkpoint):
+    ready = load(qtbot, widget, checkpoint, method=None)
+    assert ready.method is not None and ready.method.method == "relevance"  # a cls-token ViT
+    assert widget.method_combo.currentData() == "relevance"
+    assert widget.method_combo.currentText().endswith("(recommended)")
+    assert not widget.target_combo.isEnabled()  # relevance reads every block's attention, no single layer
+    others = [
+        widget.method_combo.itemText(i)
+        for i in range(widget.method_combo.count())
+        if i != widget.method_combo.currentIndex()
+    ]
+    assert not any("recommended" in text for text in others)
 
 
 def run(qtbot, widget, layer=None):

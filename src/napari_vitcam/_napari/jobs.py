@@ -25,10 +25,11 @@ from napari_vitcam._napari.layer_input import VolumeSelection
 from napari_vitcam._napari.native_libraries import preload_triton
 from napari_vitcam.core.errors import Cancelled, VitcamError
 from napari_vitcam.engine.capture import model_lock
+from napari_vitcam.engine.recommend import MethodChoice
 from napari_vitcam.engine.targets import TargetCandidate
 from napari_vitcam.evaluation.faithfulness import Agreement, agreement
 from napari_vitcam.models.loaded_model import LoadedModel
-from napari_vitcam.models.targets import targets_for
+from napari_vitcam.models.targets import method_for, targets_for
 from napari_vitcam.pipeline.checks import NonFinite
 from napari_vitcam.pipeline.explain import VolumeExplanation, explain_volume, model_input
 from napari_vitcam.pipeline.sweep import SweepAxis, VolumeSweep, sweep_volume
@@ -56,6 +57,7 @@ class ModelReady:
     loaded: LoadedModel
     targets: list[TargetCandidate]
     seconds: float
+    method: MethodChoice | None = None
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,8 @@ def load_task(path: str | os.PathLike, *, trust: bool = False) -> Task:
         loaded = _checkpoint_loader()(path, trust=trust)
         if cancel.is_set():
             raise Cancelled("cancelled")
-        return ModelReady(loaded, _probed(loaded), time.perf_counter() - start)
+        targets = _probed(loaded)
+        return ModelReady(loaded, targets, time.perf_counter() - start, _method(loaded))
 
     return task
 
@@ -156,7 +159,8 @@ def model_task(loaded: LoadedModel) -> Task:
         progress("load")
         start = time.perf_counter()
         preload_triton()
-        return ModelReady(loaded, _probed(loaded), time.perf_counter() - start)
+        targets = _probed(loaded)
+        return ModelReady(loaded, targets, time.perf_counter() - start, _method(loaded))
 
     return task
 
@@ -166,6 +170,14 @@ def _probe_targets(loaded: LoadedModel) -> list[TargetCandidate]:
     if loaded.targets is not None:
         return list(loaded.targets)
     return targets_for(loaded)
+
+
+def _method(loaded: LoadedModel) -> MethodChoice | None:
+    """The model's default explainer, or None where choosing it fails (the user then picks one)."""
+    try:
+        return method_for(loaded)
+    except VitcamError:
+        return None
 
 
 def _probed(loaded: LoadedModel) -> list[TargetCandidate]:

@@ -303,12 +303,28 @@ class VitcamWidget(QWidget):
             self.target_combo.setCurrentIndex(self.target_combo.count() - 1)
         if sum(not c.zero_gradient for c in ready.targets) > 1:
             self.target_combo.addItem(SWEEP_BLOCKS, SWEEP_BLOCKS)
+        self._show_method(ready)
         self.class_combo.clear()
         self.class_combo.addItem(PREDICTED, None)
         for index, name in enumerate(spec.class_names):
             self.class_combo.addItem(name, index)
         if len(spec.class_names) > 1:
             self.class_combo.addItem(SWEEP_CLASSES, SWEEP_CLASSES)
+
+    def _show_method(self, ready: ModelReady) -> None:
+        """Mark and choose the default explainer measured for this kind of model (docs/evaluation.md)."""
+        for index in range(self.method_combo.count()):
+            name = self.method_combo.itemData(index)
+            label = EXPLAINERS[name].label
+            recommended = ready.method is not None and name == ready.method.method
+            self.method_combo.setItemText(index, label + (" (recommended)" if recommended else ""))
+            self.method_combo.setItemData(
+                index, ready.method.reason if recommended and ready.method else None, Qt.ItemDataRole.ToolTipRole
+            )
+        if ready.method is not None:
+            self.method_combo.setCurrentIndex(self.method_combo.findData(ready.method.method))
+            if ready.method.target_layer and self.target_combo.findData(ready.method.target_layer) >= 0:
+                self.target_combo.setCurrentIndex(self.target_combo.findData(ready.method.target_layer))
 
     # ---------------------------------------------------------------- running
     def _run_clicked(self) -> None:

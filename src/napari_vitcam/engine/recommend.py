@@ -17,13 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
-from napari_vitcam.core.errors import TargetLayerError
-from napari_vitcam.engine.attention import capture_attention, check_attention
-from napari_vitcam.engine.capture import eval_mode, model_lock
 from napari_vitcam.engine.targets import TargetCandidate, recommended_target
+
+POOLED_HEAD_METHOD = "relevance"
+"""What a pooled head gets: measured, Grad-CAM at the final norm points at the evidence only where a model was
+trained to keep its evidence in its own tokens (this project's demo), not on vit-pytorch's SimpleViT."""
 
 
 @dataclass(frozen=True)
@@ -41,32 +39,26 @@ class MethodChoice:
     reason: str
 
 
-def recommend_method(model: nn.Module, example: torch.Tensor, candidates: list[TargetCandidate]) -> MethodChoice:
-    """The default explainer for ``model``, from its target candidates and one forward pass on ``example``.
+def recommend_method(candidates: list[TargetCandidate], has_attention: bool) -> MethodChoice:
+    """The default explainer for a model, from its target candidates and whether its attention can be read.
 
     Args:
-        model: the classifier.
-        example: an input of the shape it takes (batch 1).
         candidates: what :func:`~napari_vitcam.engine.targets.list_targets` found for it.
+        has_attention: whether :func:`~napari_vitcam.engine.attention.capture_attention`
+            found one attention matrix per block during the same probe.
     """
     pooled = [c for c in candidates if c.kind == "final_norm" and not c.zero_gradient]
-    if pooled:
+    if pooled and POOLED_HEAD_METHOD == "gradcam":
         return MethodChoice(
             "gradcam",
             pooled[-1].name,
             "the head pools the patch tokens: Grad-CAM at the final norm is each token's score",
         )
-    try:
-        with model_lock(model), eval_mode(model), torch.no_grad(), capture_attention(model, example.shape[0]) as found:
-            model(example)
-        check_attention(found)
-    except TargetLayerError:
-        found = []
-    if found:
+    if has_attention:
         return MethodChoice(
             "relevance",
             None,
-            "the head reads a cls token: attention relevance points at the evidence where Grad-CAM often does not",
+            "a transformer: attention relevance points at the evidence where Grad-CAM often does not",
         )
     return MethodChoice(
         "gradcam", recommended_target(candidates), "no attention to read: Grad-CAM at the recommended layer"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from napari_vitcam.core.errors import model_errors_as_input_errors
+from napari_vitcam.core.errors import TargetLayerError, model_errors_as_input_errors
+from napari_vitcam.engine.attention import capture_attention, check_attention
 from napari_vitcam.engine.introspect import model_device
 from napari_vitcam.engine.recommend import MethodChoice, recommend_method
 from napari_vitcam.engine.targets import TargetCandidate, list_targets
@@ -30,23 +31,30 @@ def _floating_dtype(model: nn.Module) -> torch.dtype:
 
 
 def targets_for(loaded: LoadedModel) -> list[TargetCandidate]:
-    """:func:`list_targets` for a loaded model, probed on an example input built from its spec."""
+    """:func:`list_targets` for a loaded model, probed on an example input built from its spec.
+
+    The same probe (one forward and one backward pass) tells whether the
+    model's attention can be read, and so chooses its default explainer,
+    kept on ``loaded.method`` (:func:`method_for`).
+    """
     model = loaded.model
     example = example_input(loaded.spec.input, model_device(model), _floating_dtype(model))
-    with model_errors_as_input_errors(tuple(example.shape)):
-        return list_targets(model, example, score_layer=loaded.spec.score_layer)
+    with model_errors_as_input_errors(tuple(example.shape)), capture_attention(model, example.shape[0]) as found:
+        candidates = list_targets(model, example, score_layer=loaded.spec.score_layer)
+    try:
+        has_attention = bool(found) and check_attention(found) > 0
+    except TargetLayerError:
+        has_attention = False
+    choice = recommend_method(candidates, has_attention)
+    if choice.method == "gradcam" and loaded.spec.target_layer and choice.target_layer is None:
+        choice = MethodChoice(choice.method, loaded.spec.target_layer, choice.reason)
+    loaded.method = choice
+    return candidates
 
 
 def method_for(loaded: LoadedModel) -> MethodChoice:
-    """The default explainer for a loaded model (computed once, then kept on ``loaded.method``)."""
-    if loaded.method is not None:
-        return loaded.method
-    candidates = list(loaded.targets) if loaded.targets is not None else targets_for(loaded)
-    model = loaded.model
-    example = example_input(loaded.spec.input, model_device(model), _floating_dtype(model))
-    with model_errors_as_input_errors(tuple(example.shape)):
-        choice = recommend_method(model, example, candidates)
-    if choice.method == "gradcam" and loaded.spec.target_layer:
-        choice = MethodChoice(choice.method, loaded.spec.target_layer, choice.reason)  # the checkpoint's own choice
-    loaded.method = choice
-    return choice
+    """The default explainer for a loaded model: chosen by the target probe, which runs once per model."""
+    if loaded.method is None:
+        targets_for(loaded)
+    assert loaded.method is not None
+    return loaded.method
