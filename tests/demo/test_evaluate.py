@@ -11,7 +11,8 @@ from napari_vitcam.demo.evaluate import (
     load_demo_model,
     random_heatmap,
 )
-from napari_vitcam.demo.shipped import SHIPPED_CHECKPOINT, VALIDATION_SEED_START
+from napari_vitcam.demo.shipped import SHIPPED_CHECKPOINT, SHIPPED_CLS_CHECKPOINT, VALIDATION_SEED_START
+from napari_vitcam.models.targets import method_for
 
 
 def test_random_baseline_maps_differ_and_are_non_negative():
@@ -114,3 +115,31 @@ def test_block_targets_of_the_reference_vit(pool, depth):
     else:  # a pooled head reads the patch tokens through the final norm
         expected.append("norm")
     assert block_targets(model) == expected
+
+
+# ---------------------------------------------------------------- the shipped cls-token model
+
+
+@pytest.fixture(scope="module")
+def cls_demo():
+    assert SHIPPED_CLS_CHECKPOINT.exists(), "the cls-token demo checkpoint must ship with the package"
+    return load_demo_model(SHIPPED_CLS_CHECKPOINT)
+
+
+def test_the_cls_token_demo_gets_attention_relevance_by_default(cls_demo):
+    assert cls_demo.model.config.pool == "cls" and cls_demo.spec.method is None
+    assert method_for(cls_demo).method == "relevance"
+    assert method_for(load_demo_model()).method == "gradcam"  # the pooled demo names the method it was validated with
+
+
+def test_the_default_explainer_points_at_the_lesion_where_grad_cam_does_not(cls_demo):
+    # 40 held-out volumes. On 200 (seeds 0-199, docs/evaluation.md) relevance points on 0.81, rollout 0.825;
+    # the goal of 0.9 is not met by this model (see the notes there).
+    seeds = range(1000, 1040)
+    common = {"normalization": cls_demo.spec.input.normalization, "batch": 10, "baseline": False}
+    default = evaluate_blocks(cls_demo.model, seeds, method=method_for(cls_demo).method, **common)
+    gradcam = evaluate_blocks(cls_demo.model, seeds, targets=[cls_demo.spec.target_layer], **common)
+    pointing = default["Attention relevance (Chefer)"]["pointing_tolerant"]
+    assert default["_summary"]["accuracy"] >= 0.95
+    assert pointing >= 0.75
+    assert pointing >= gradcam[cls_demo.spec.target_layer]["pointing_tolerant"] + 0.3

@@ -40,8 +40,8 @@ import torch
 from napari_vitcam.core.vocabulary import UPSAMPLE_MODES, Upsample
 from napari_vitcam.demo.shipped import SHIPPED_CHECKPOINT, VALIDATION_SEED_START
 from napari_vitcam.demo.volumes import make_volume
-from napari_vitcam.engine.cam import grad_cam
-from napari_vitcam.engine.explainers import EXPLAINERS
+from napari_vitcam.engine.dispatch import explain_tokens
+from napari_vitcam.engine.explainers import EXPLAINERS, LayerExplainer, explainer_label, get_explainer
 from napari_vitcam.engine.targets import list_targets
 from napari_vitcam.engine.token_grid import grid_from_patches
 from napari_vitcam.engine.voxel_map import tokens_to_voxels
@@ -124,6 +124,9 @@ def evaluate_blocks(
     patch = tuple(model.config.patch_size)
     spec = InputSpec(channels=1, spatial_size=size, normalization=normalization)
     tolerance = max(patch) / 2 if tolerance is None else tolerance
+    reads_a_layer = isinstance(get_explainer(method), LayerExplainer)
+    if not reads_a_layer:  # attention and perturbation methods read no single layer: one row, named by the method
+        targets = [explainer_label(method)]
     targets = list(targets) if targets is not None else block_targets(model)
     device = next(model.parameters()).device
     rows: dict[str, list[dict]] = {name: [] for name in targets}
@@ -149,7 +152,8 @@ def evaluate_blocks(
         n += len(volumes)
         class_idx = predicted if explain == "predicted" else labels
         for name in targets:
-            cams = grad_cam(model, x, name, class_idx=class_idx, upsample=upsample, method=method).numpy()
+            layer = name if reads_a_layer else None
+            cams = explain_tokens(model, x, method, layer, class_idx, upsample=upsample).numpy()
             rows[name] += [heatmap_scores(cam, v.mask, tolerance) for cam, v in zip(cams, volumes, strict=False)]
         if baseline:
             rows[RANDOM_BASELINE] += [

@@ -11,6 +11,11 @@ from pathlib import Path
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "data" / "demo_vit.safetensors"
 """The demo ViT: ``napari-vitcam train-demo --install`` writes it, the demo app loads it."""
 
+SHIPPED_CLS_CHECKPOINT = Path(__file__).resolve().parent / "data" / "demo_vit_cls.safetensors"
+"""A cls-token demo ViT, built as the method write-up and MONAI build them, trained by
+``napari-vitcam train-demo --pool cls --readout-weight 0 --pooling-weight 0`` (no loss that guides its
+attention): its default explainer is attention relevance (see ``docs/evaluation.md``)."""
+
 TRAIN_SEED_START = 10_000_000
 """Training volumes are drawn from seeds from here on."""
 

@@ -156,13 +156,19 @@ def fan_in_init(model: ViT3D, gain: float = 1.0) -> None:
 
 
 def demo_spec(model: ViT3D, target_layer: str) -> ModelSpec:
-    """The spec stored with the demo checkpoint."""
+    """The spec stored with the demo checkpoint.
+
+    A pooled head trained with this recipe keeps each token's evidence in the token, so the checkpoint names
+    the method it was validated with, Grad-CAM at the final norm; a cls-token model keeps the default chosen
+    for its kind (attention relevance).
+    """
     return ModelSpec(
         input=InputSpec(channels=1, spatial_size=model.config.img_size, normalization=NORMALIZATION),
         class_names=CLASS_NAMES,
         target_layer=target_layer,
         architecture="ViT3D",
         arguments=model.config.to_dict(),
+        method=None if model.config.pool == "cls" else "gradcam",
     )
 
 

@@ -19,6 +19,7 @@ from typing import Literal
 
 from napari_vitcam.core.errors import CheckpointError
 from napari_vitcam.core.vocabulary import Triple, class_label
+from napari_vitcam.engine.explainers import EXPLAINERS
 from napari_vitcam.models import limits
 
 NormKind = Literal["none", "zscore", "minmax", "window"]
@@ -30,7 +31,7 @@ _AXIS_OF_CODE = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
 FIX = "fix the spec (see docs/checkpoints.md)"
 
 #: The fields each JSON object of a spec may hold.
-SPEC_FIELDS = ("input", "class_names", "target_layer", "score_layer", "architecture", "arguments")
+SPEC_FIELDS = ("input", "class_names", "target_layer", "score_layer", "architecture", "arguments", "method")
 INPUT_FIELDS = (
     "channels",
     "spatial_size",
@@ -221,7 +222,9 @@ class ModelSpec:
     model when loading and saving); empty means ``class 0``, ``class 1``, ...
     ``target_layer`` and ``score_layer``: dotted module names, or None.
     ``architecture`` and ``arguments``: see
-    :mod:`napari_vitcam.models.architectures.registry`.
+    :mod:`napari_vitcam.models.architectures.registry`. ``method``: the
+    explainer the checkpoint was validated with (a registered name), which then
+    replaces the default chosen for its kind of model; None: that default.
     """
 
     input: InputSpec = field(default_factory=InputSpec)
@@ -230,6 +233,7 @@ class ModelSpec:
     score_layer: str | None = None
     architecture: str = ""
     arguments: dict = field(default_factory=dict, compare=False)
+    method: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.input, InputSpec):
@@ -246,6 +250,8 @@ class ModelSpec:
                 raise _wrong(name, "a module name (a non-empty string) or null", value)
         if not isinstance(self.architecture, str):
             raise _wrong("architecture", "a string", self.architecture)
+        if self.method is not None and self.method not in EXPLAINERS:
+            raise _wrong("method", f"null or one of {', '.join(EXPLAINERS)}", self.method)
         if not isinstance(self.arguments, dict) or not all(isinstance(k, str) for k in self.arguments):
             raise _wrong("arguments", "an object of named values", self.arguments)
 
@@ -286,6 +292,7 @@ class ModelSpec:
             score_layer=data.get("score_layer"),
             architecture=data.get("architecture", ""),
             arguments=data.get("arguments", {}),
+            method=data.get("method"),
         )
 
     def to_json(self) -> str:

@@ -7,6 +7,7 @@ from torch import nn
 
 from napari_vitcam.core.errors import TargetLayerError, model_errors_as_input_errors
 from napari_vitcam.engine.attention import capture_attention, check_attention
+from napari_vitcam.engine.explainers import LayerExplainer, get_explainer
 from napari_vitcam.engine.introspect import model_device
 from napari_vitcam.engine.recommend import MethodChoice, recommend_method
 from napari_vitcam.engine.targets import TargetCandidate, list_targets
@@ -46,7 +47,11 @@ def targets_for(loaded: LoadedModel) -> list[TargetCandidate]:
     except TargetLayerError:
         has_attention = False
     choice = recommend_method(candidates, has_attention)
-    if choice.method == "gradcam" and loaded.spec.target_layer and choice.target_layer is None:
+    declared = loaded.spec.method
+    if declared is not None:  # the checkpoint names the method it was validated with
+        layer = loaded.spec.target_layer if isinstance(get_explainer(declared), LayerExplainer) else None
+        choice = MethodChoice(declared, layer, "the checkpoint names the method it was validated with")
+    elif choice.method == "gradcam" and loaded.spec.target_layer and choice.target_layer is None:
         choice = MethodChoice(choice.method, loaded.spec.target_layer, choice.reason)
     loaded.method = choice
     return candidates
