@@ -12,7 +12,7 @@ def test_the_benchmark_prints_a_row_per_worker_count(capsys):
     assert len(rows) == 2
     assert "2 volumes of 16^3, 1 worker(s)" in rows[0] and "(x1.00)" in rows[0]
     assert "2 volumes of 16^3, 2 worker(s)" in rows[1]
-    assert all("volumes/s" in row and "memory per worker" in row and "MiB" in row for row in rows)
+    assert all("volumes/s" in row and "memory per worker" in row and "iB (peak RSS)" in row for row in rows)
 
 
 def test_peak_memory_is_this_process_high_water_mark():
