@@ -139,7 +139,7 @@ class Agreement:
         """One line for a person: what was measured and whether the map did better than chance."""
         text = (
             f"removing the map's top {self.cells} cells ({self.baseline}) lowers p from {self.probability:.2f} "
-            f"by {self.drop:.2f}; random cells: {self.random_drop:.2f}"
+            f"by {_two_places(self.drop)}; random cells: {_two_places(self.random_drop)}"
         )
         if self.better_than_random:
             return text
@@ -157,6 +157,11 @@ class Agreement:
             "margin": self.margin,
             "better_than_random": self.better_than_random,
         }
+
+
+def _two_places(value: float) -> str:
+    """``0.12``; a value that rounds to zero is ``0.00``, never ``-0.00``."""
+    return f"{value:.2f}" if round(value, 2) != 0 else "0.00"
 
 
 def _area(fractions: np.ndarray, values: np.ndarray) -> float:
