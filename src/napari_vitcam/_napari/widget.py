@@ -56,6 +56,7 @@ from napari_vitcam.core.errors import InputError, UntrustedCheckpointError, Vitc
 from napari_vitcam.core.vocabulary import STAGES, UPSAMPLE_MODES
 from napari_vitcam.engine.explainers import EXPLAINERS, LayerExplainer
 from napari_vitcam.models.loaded_model import LoadedModel
+from napari_vitcam.models.weights import SUFFIXES as WEIGHT_SUFFIXES
 from napari_vitcam.pipeline.devices import available_devices
 from napari_vitcam.pipeline.sweep import SweepAxis
 
@@ -220,7 +221,7 @@ class VitcamWidget(QWidget):
             self,
             "Open a checkpoint",
             self._start_folder(),
-            "Checkpoints (*.safetensors *.pt *.pth *.ckpt *.bin);;All files (*)",
+            f"Checkpoints ({' '.join('*' + suffix for suffix in WEIGHT_SUFFIXES)});;All files (*)",
         )
         if path:
             self.load(path)
