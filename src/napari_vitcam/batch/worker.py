@@ -44,7 +44,8 @@ from napari_vitcam.models.checkpoint import load_checkpoint
 from napari_vitcam.models.loaded_model import LoadedModel
 from napari_vitcam.pipeline.explain import VolumeExplanation, explain_volume
 from napari_vitcam.pipeline.frame import ModelFrame
-from napari_vitcam.volumes.base import Volume, json_ready
+from napari_vitcam.pipeline.provenance import heatmap_provenance
+from napari_vitcam.volumes.base import Volume
 from napari_vitcam.volumes.geometry import world_view
 from napari_vitcam.volumes.registry import read_volume
 from napari_vitcam.volumes.writing import check_output, write_heatmap
@@ -151,26 +152,6 @@ def _error_text(error: BaseException) -> str:
     return one_line(f"{type(error).__name__}{place}: {error}", limit=400)
 
 
-def _provenance(result: VolumeExplanation, loaded: LoadedModel, volume: Volume) -> dict[str, Any]:
-    return json_ready(
-        {
-            "generator": "napari-vitcam batch",
-            "method": result.method,
-            "target_layer": result.target_layer,
-            "class_index": result.class_idx,
-            "class_name": result.class_name,
-            "predicted_class": result.predicted_name,
-            "probabilities": dict(result.ranked_probabilities),
-            "raw_max": result.raw_max,
-            "upsample": result.upsample,
-            "checkpoint": str(loaded.source) if loaded.source is not None else None,
-            "checkpoint_sha256": dict(loaded.sha256),
-            "preprocessing": dict(result.preprocessing),
-            "volume": {k: v for k, v in volume.describe().items() if k != "affine_ras"},
-        }
-    )
-
-
 def explain_case(case: Case, settings: BatchSettings, run_id: str) -> dict[str, Any]:
     """Explain one case, unless the ledger says it is finished for this content and these settings.
 
@@ -273,7 +254,7 @@ def _compute(case: Case, settings: BatchSettings, outdir: Path, started: float) 
         heatmap_path,
         in_file_order,
         affine=volume.affine,
-        provenance=_provenance(result, loaded, volume),
+        provenance=heatmap_provenance(result, loaded, volume, generator="napari-vitcam batch"),
         force=True,
         source=volume,
     )

@@ -29,6 +29,7 @@ from napari_vitcam.core.vocabulary import UPSAMPLE_MODES, one_line
 from napari_vitcam.engine.explainers import EXPLAINERS
 from napari_vitcam.pipeline.checks import NONFINITE_CHOICES
 from napari_vitcam.pipeline.frame import ModelFrame
+from napari_vitcam.pipeline.provenance import heatmap_provenance
 from napari_vitcam.volumes.base import Volume, json_ready, path_suffix
 from napari_vitcam.volumes.geometry import permuted, world_view
 from napari_vitcam.volumes.registry import read_volume, reader_for, writer_suffixes
@@ -47,27 +48,6 @@ def default_output(source: Path, volume: Volume) -> Path:
         stem = source.name[: len(source.name) - len(suffix)] if suffix else source.name
     ending = ".heatmap.nii.gz" if volume.affine is not None else ".heatmap.npy"
     return source.parent / f"{stem}{ending}"
-
-
-def provenance_of(result: Any, loaded: Any, volume: Volume) -> dict[str, Any]:
-    """What made the heatmap, stored in the file where the format allows (JSON-ready)."""
-    return json_ready(
-        {
-            "generator": "napari-vitcam",
-            "method": result.method,
-            "target_layer": result.target_layer,
-            "class_index": result.class_idx,
-            "class_name": result.class_name,
-            "predicted_class": result.predicted_name,
-            "probabilities": dict(result.ranked_probabilities),
-            "raw_max": result.raw_max,
-            "upsample": result.upsample,
-            "checkpoint": str(loaded.source) if loaded.source is not None else None,
-            "checkpoint_sha256": dict(loaded.sha256),
-            "preprocessing": dict(result.preprocessing),
-            "volume": {k: v for k, v in volume.describe().items() if k != "affine_ras"},
-        }
-    )
 
 
 def _model_axes(volume: Volume, preprocessing: dict[str, Any]) -> str:
@@ -163,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             output,
             view.to_file(result.heatmap),
             affine=volume.affine,
-            provenance=provenance_of(result, loaded, volume),
+            provenance=heatmap_provenance(result, loaded, volume),
             force=args.force,
             source=volume,
         )
