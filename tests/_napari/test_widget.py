@@ -75,10 +75,10 @@ def load(qtbot, widget, path=None, *, model=None, method="gradcam"):
 
 def test_the_measured_default_method_is_chosen_and_marked(qtbot, widget, checkpoint):
     ready = load(qtbot, widget, checkpoint, method=None)
-    assert ready.method is not None and ready.method.method == "relevance"  # a cls-token ViT
-    assert widget.method_combo.currentData() == "relevance"
+    assert ready.method is not None and ready.method.method == "rollout"  # a cls-token ViT
+    assert widget.method_combo.currentData() == "rollout"
     assert widget.method_combo.currentText().endswith("(recommended)")
-    assert not widget.target_combo.isEnabled()  # relevance reads every block's attention, no single layer
+    assert not widget.target_combo.isEnabled()  # rollout reads every block's attention, no single layer
     others = [
         widget.method_combo.itemText(i)
         for i in range(widget.method_combo.count())

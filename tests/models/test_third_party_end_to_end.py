@@ -71,18 +71,18 @@ def saved_weights(tmp_path, factory_name: str):
     return path, model
 
 
-def test_a_vit_pytorch_checkpoint_is_explained_with_relevance_by_default(tmp_path, factories):
+def test_a_vit_pytorch_checkpoint_is_explained_with_rollout_by_default(tmp_path, factories):
     path, original = saved_weights(tmp_path, "vit")
     spec = ModelSpec(InputSpec(1, (16, 16, 16), Normalization("zscore")), ("calm", "busy"))
     loaded = load_checkpoint(path, factory=f"{MODULE}:vit", spec=spec)
     assert loaded.format == "state-dict"
     assert loaded.spec.target_layer is not None and loaded.spec.target_layer.startswith("transformer.layers.")
-    assert method_for(loaded).method == "relevance"
+    assert method_for(loaded).method == "rollout"  # a cls token
     volume = np.random.default_rng(0).normal(size=(20, 18, 16)).astype(np.float32)
     result = explain_volume(loaded, volume, method="auto", class_idx="busy", device="cpu")
-    assert result.method == "relevance" and result.heatmap.shape == volume.shape and result.heatmap.max() == 1.0
+    assert result.method == "rollout" and result.heatmap.shape == volume.shape and result.heatmap.max() == 1.0
     x = model_input(loaded, volume, device="cpu")
-    direct = explain_tokens(original.eval(), x, "relevance", None, 1).token_cam[0]
+    direct = explain_tokens(original.eval(), x, "rollout", None, 1).token_cam[0]
     np.testing.assert_allclose(result.token_cam, direct.numpy(), rtol=1e-5, atol=1e-7)
     layer = explain_volume(loaded, volume, method="gradcam", class_idx="busy", device="cpu")
     assert layer.target_layer == loaded.spec.target_layer and layer.grid is not None and layer.grid.shape == (4, 4, 4)

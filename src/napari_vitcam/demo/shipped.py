@@ -13,8 +13,8 @@ SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "data" / "demo_vit.safete
 
 SHIPPED_CLS_CHECKPOINT = Path(__file__).resolve().parent / "data" / "demo_vit_cls.safetensors"
 """A cls-token demo ViT, built as the method write-up and MONAI build them, trained by
-``napari-vitcam train-demo --pool cls --readout-weight 0 --pooling-weight 0`` (no loss that guides its
-attention): its default explainer is attention relevance (see ``docs/evaluation.md``)."""
+``napari-vitcam train-demo --pool cls --readout-weight 0 --pooling-weight 0 --seed 3`` (no loss that guides
+its attention): its default explainer is attention rollout (see ``docs/evaluation.md``)."""
 
 TRAIN_SEED_START = 10_000_000
 """Training volumes are drawn from seeds from here on."""

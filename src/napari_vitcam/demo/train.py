@@ -160,7 +160,7 @@ def demo_spec(model: ViT3D, target_layer: str) -> ModelSpec:
 
     A pooled head trained with this recipe keeps each token's evidence in the token, so the checkpoint names
     the method it was validated with, Grad-CAM at the final norm; a cls-token model keeps the default chosen
-    for its kind (attention relevance).
+    for its kind (attention rollout).
     """
     return ModelSpec(
         input=InputSpec(channels=1, spatial_size=model.config.img_size, normalization=NORMALIZATION),

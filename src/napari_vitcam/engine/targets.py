@@ -158,7 +158,7 @@ def _once_each(
     return [(n, t) for n, t in once if last_name[id(t)] == n]
 
 
-def _patch_grid(model: nn.Module, input_shape: tuple[int, ...]) -> TokenGrid | None:
+def patch_grid(model: nn.Module, input_shape: tuple[int, ...]) -> TokenGrid | None:
     patch = find_patch_embedding(model)
     if patch is not None:
         return grid_from_patches(input_shape, tuple(patch[1].stride))
@@ -217,7 +217,7 @@ def list_targets(
     if score_layer is not None:
         watched["score"] = resolve_module(model, score_layer, "score layer")[1]
     input_shape = tuple(int(s) for s in example.shape[2:])
-    grid = _patch_grid(model, input_shape)
+    grid = patch_grid(model, input_shape)
     with _probing(model, modules, watched) as (calls, seen):
         x = example.detach().clone().requires_grad_(True)
         output = model(x)

@@ -10,7 +10,7 @@ from napari_vitcam.engine.attention import capture_attention, check_attention
 from napari_vitcam.engine.explainers import LayerExplainer, get_explainer
 from napari_vitcam.engine.introspect import model_device
 from napari_vitcam.engine.recommend import MethodChoice, recommend_method
-from napari_vitcam.engine.targets import TargetCandidate, list_targets
+from napari_vitcam.engine.targets import TargetCandidate, list_targets, patch_grid
 from napari_vitcam.models.loaded_model import LoadedModel
 from napari_vitcam.models.spec import InputSpec
 
@@ -43,10 +43,12 @@ def targets_for(loaded: LoadedModel) -> list[TargetCandidate]:
     with model_errors_as_input_errors(tuple(example.shape)), capture_attention(model, example.shape[0]) as found:
         candidates = list_targets(model, example, score_layer=loaded.spec.score_layer)
     try:
-        has_attention = bool(found) and check_attention(found) > 0
+        tokens = check_attention(found) if found else 0
     except TargetLayerError:
-        has_attention = False
-    choice = recommend_method(candidates, has_attention)
+        tokens = 0
+    grid = patch_grid(model, tuple(int(n) for n in example.shape[2:]))
+    prefix = tokens - grid.n_tokens if tokens and grid is not None else 0
+    choice = recommend_method(candidates, tokens > 0, max(prefix, 0))
     declared = loaded.spec.method
     if declared is not None:  # the checkpoint names the method it was validated with
         layer = loaded.spec.target_layer if isinstance(get_explainer(declared), LayerExplainer) else None
