@@ -196,6 +196,24 @@ def explain_layer_map(
     return token_cam.reshape(-1, *token_layout.grid.shape), token_layout
 
 
+def upsample_timed(
+    token_cam: torch.Tensor,
+    grid: TokenGrid,
+    out_shape: tuple[int, int, int] | None,
+    upsample: Upsample,
+    device: torch.device,
+    report: Progress,
+    timings: dict[str, float],
+) -> torch.Tensor:
+    """The voxel map of ``token_cam``, as the run's ``upsample`` stage: reported, and timed into ``timings``."""
+    report("upsample")
+    start = time.perf_counter()
+    cam = tokens_to_voxels(token_cam, grid, out_shape, mode=upsample)
+    _sync(device)
+    timings["upsample"] = time.perf_counter() - start
+    return cam
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -345,11 +363,7 @@ def grad_cam(
         _sync(device)
         timings["map"] = time.perf_counter() - start
 
-        report("upsample")
-        start = time.perf_counter()
-        cam = tokens_to_voxels(token_cam, token_layout.grid, out_shape, mode=upsample)
-        _sync(device)
-        timings["upsample"] = time.perf_counter() - start
+        cam = upsample_timed(token_cam, token_layout.grid, out_shape, upsample, device, report, timings)
 
     return CamResult(
         cam=cam,

@@ -37,6 +37,7 @@ from napari_vitcam.engine.cam import (
     _sync,
     grad_cam,
     make_scorer,
+    upsample_timed,
 )
 from napari_vitcam.engine.capture import cancellable, capture_outputs, eval_mode, model_lock, with_gradients
 from napari_vitcam.engine.explainers.base import (
@@ -50,7 +51,6 @@ from napari_vitcam.engine.explainers.base import (
 from napari_vitcam.engine.explainers.registry import get_explainer
 from napari_vitcam.engine.introspect import find_patch_embedding, model_device, read_logits, resolve_module
 from napari_vitcam.engine.token_grid import Layout, TokenGrid, TokenLayout
-from napari_vitcam.engine.voxel_map import tokens_to_voxels
 
 ATTENTION_TARGET = "attention, every block"
 PERTURBATION_TARGET = "input patches"
@@ -265,11 +265,7 @@ def _explain_attention(
         token_cam = explainer.token_map(inputs).reshape(-1, *grid.shape)
         _sync(device)
         timings["map"] = time.perf_counter() - start
-        report("upsample")
-        start = time.perf_counter()
-        cam = tokens_to_voxels(token_cam, grid, out_shape, mode=upsample)
-        _sync(device)
-        timings["upsample"] = time.perf_counter() - start
+        cam = upsample_timed(token_cam, grid, out_shape, upsample, device, report, timings)
     return CamResult(
         cam=cam,
         token_cam=token_cam,
@@ -328,11 +324,7 @@ def _explain_perturbation(
         token_cam = torch.cat(maps).reshape(-1, *grid.shape)
         _sync(device)
         timings["map"] = time.perf_counter() - start
-        report("upsample")
-        start = time.perf_counter()
-        cam = tokens_to_voxels(token_cam, grid, out_shape, mode=upsample)
-        _sync(device)
-        timings["upsample"] = time.perf_counter() - start
+        cam = upsample_timed(token_cam, grid, out_shape, upsample, device, report, timings)
     return CamResult(
         cam=cam,
         token_cam=token_cam,
