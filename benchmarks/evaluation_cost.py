@@ -5,11 +5,12 @@
 Row 5 of the benchmark table (the others are ``benchmarks/run.py``): the demo
 ViT (64^3 input, patch 8: 512 patches), one map, the deletion and the
 insertion curve (17 points each) with the random-order band (3 orders), the
-``blur`` baseline, as :func:`napari_vitcam.evaluation.faithfulness.perturbation_curves`
-runs them: 2 x 4 x 17 = 136 perturbed inputs in batches. The result is that
-time in units of one forward pass of one input (no gradients), measured
-interleaved with it, round by round; the details give the same time per
-perturbed input against one input's forward pass (the gain of batching).
+``blur`` baseline, as :func:`napari_vitcam.evaluation.faithfulness.deletion_and_insertion`
+runs them: 77 distinct perturbed inputs (2 x 4 x 17 = 136 curve points, less
+the inputs curves share), in batches. The result is that time in units of
+one forward pass of one input (no gradients), measured interleaved with it,
+round by round; the details give the same time per perturbed input against
+one input's forward pass (the gain of batching). One row per batch size.
 
 The table goes to stdout, progress to stderr.
 """
@@ -40,7 +41,7 @@ def evaluation_cost_row(
 ) -> Row:
     """Deletion + insertion (with the random band) over one forward pass, for ``source``'s model on ``device``."""
     from napari_vitcam.engine.cam import grad_cam
-    from napari_vitcam.evaluation.faithfulness import MODES, perturbation_curves
+    from napari_vitcam.evaluation.faithfulness import deletion_and_insertion, perturbed_inputs
 
     log(f"row 5: {source.label} on {device.type}")
     loaded = source.load()
@@ -57,23 +58,21 @@ def evaluation_cost_row(
             model(x)
 
     def curves() -> None:
-        for mode in MODES:
-            perturbation_curves(
-                model,
-                x,
-                token_map,
-                grid,
-                0,
-                mode=mode,
-                baseline="blur",
-                steps=steps,
-                random_orders=RANDOM_ORDERS,
-                batch_size=batch_size,
-            )
+        deletion_and_insertion(
+            model,
+            x,
+            token_map,
+            grid,
+            0,
+            baseline="blur",
+            steps=steps,
+            random_orders=RANDOM_ORDERS,
+            batch_size=batch_size,
+        )
 
     times = interleaved({"forward": forward, "curves": curves}, rounds, warmup=1, sync=synchronizer(device))
     ratio = Ratio.of(times["curves"], times["forward"])
-    inputs = len(MODES) * (1 + RANDOM_ORDERS) * (steps + 1)
+    inputs = perturbed_inputs(grid.n_tokens, steps=steps, random_orders=RANDOM_ORDERS)
     per_input = median(times["curves"]) / inputs / median(times["forward"])
     return Row(
         "5",
@@ -105,7 +104,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    parser.add_argument("--batch-size", type=int, default=8, help="perturbed inputs per forward pass")
+    parser.add_argument(
+        "--batch-size", type=int, nargs="+", default=[8, 32], help="perturbed inputs per forward pass (a row each)"
+    )
     return parser.parse_args(argv)
 
 
@@ -124,10 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name == "cuda" and not cuda:
             rows.append(Row("5", "deletion + insertion / one forward pass", "cuda", "not measured: no GPU"))
             continue
-        rows.append(
-            evaluation_cost_row(
-                shipped_source(), 2 if args.quick else 5, torch.device(name), batch_size=args.batch_size
-            )
+        rows.extend(
+            evaluation_cost_row(shipped_source(), 2 if args.quick else 5, torch.device(name), batch_size=size)
+            for size in args.batch_size
         )
     print(format_machine(machine_description()))
     print()

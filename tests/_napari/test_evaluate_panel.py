@@ -130,6 +130,44 @@ def test_against_the_model_with_a_recorded_baseline(qtbot, viewer, widget, reade
     assert "beats random" in panel.verdict.text()
 
 
+def run_method(qtbot, dock, method):
+    dock.method_combo.setCurrentIndex(dock.method_combo.findData(method))
+    with qtbot.waitSignal(dock.run_finished, timeout=TIMEOUT_MS) as blocker:
+        assert dock.run()
+    assert blocker.args[0] is not None
+
+
+def test_the_occlusion_map_is_drawn_beside_the_map(qtbot, viewer, widget, reader):
+    panel = widget.evaluate
+    panel.choose_baseline("mean")
+    assert panel.comparable_occlusion() is None and "computes it first" in panel.occlusion_check.text()
+    panel.occlusion_check.setChecked(True)  # none computed yet: the panel computes one for the comparison
+    made = evaluate(qtbot, panel, panel.check_model)
+    assert list(made.deletion.compared) == ["occlusion"]
+    assert made.deletion.compared_aucs["occlusion"] < made.deletion.random_aucs.min()
+    labels = [line.get_label() for line in panel.plot.deletion.lines]
+    assert len(labels) == 3 and labels[-1].startswith("occlusion (")
+    assert "occlusion map: deletion AUC" in panel.verdict.text()
+    assert (
+        viewer.layers[-1].metadata["evaluation"]["model"]["deletion"]["compared"]["occlusion"]["auc"]
+        == (made.deletion.compared_aucs["occlusion"])
+    )
+    panel.occlusion_check.setChecked(False)
+    run_method(qtbot, widget, "occlusion")  # an occlusion run of the same volume and class is kept...
+    assert panel.comparable_occlusion() is None and not panel.occlusion_check.isEnabled()  # ...it is the run itself
+    alone = evaluate(qtbot, panel, panel.check_model)
+    assert alone.deletion.compared == {}
+    occlusion_map = widget.last_run.explanation.token_cam
+    run_method(qtbot, widget, "hirescam")  # ...and drawn beside a later run's curves, without computing it again
+    assert panel.comparable_occlusion() is not None and "from the occlusion run" in panel.occlusion_check.text()
+    kept = evaluate(qtbot, panel, panel.check_model)
+    np.testing.assert_array_equal(kept.deletion.compared["occlusion"], made.deletion.compared["occlusion"])
+    np.testing.assert_array_equal(panel.comparable_occlusion().token_cam, occlusion_map)
+    viewer.layers["scan"].data = reader.bright_input(seed=5)[0, 0].numpy()  # new data: the kept map no longer applies
+    run_method(qtbot, widget, "hirescam")
+    assert panel.comparable_occlusion() is None
+
+
 def test_a_reference_layer_as_the_baseline(qtbot, viewer, widget, reader):
     panel = widget.evaluate
     healthy = viewer.add_image(np.zeros((16, 16, 16), np.float32), name="healthy")

@@ -59,6 +59,20 @@ def test_a_model_that_reads_one_region_points_there_and_beats_random(tmp_path, r
     assert "2 case(s)" in out and "strict 1.000" in out and "beats random on 2/2" in out
 
 
+def test_the_occlusion_map_is_compared_in_the_csv_and_the_summary(tmp_path, reader_file, capsys):
+    volumes, masks = write_cases(tmp_path, count=1)
+    output = tmp_path / "results.csv"
+    extra = ("--baseline", "mean", "--no-randomization", "--compare", "occlusion")
+    assert evaluate(reader_file, volumes, masks, output, *extra) == 0
+    (row,) = read_rows(output)
+    header = list(row)
+    at = header.index("insertion_beats_random")
+    assert header[at + 1 : at + 3] == ["deletion_auc_occlusion", "insertion_auc_occlusion"]
+    assert float(row["deletion_auc_occlusion"]) < float(row["deletion_random_auc"])
+    assert float(row["insertion_auc_occlusion"]) > float(row["insertion_random_auc"])
+    assert "occlusion map for comparison: deletion AUC" in capsys.readouterr().out
+
+
 def test_the_csv_agrees_with_a_hand_computation(tmp_path, reader_file):
     volumes, masks = write_cases(tmp_path, count=1)
     output = tmp_path / "results.csv"
@@ -132,6 +146,8 @@ def test_problems_are_one_line_before_any_model_is_loaded(tmp_path, capsys):
     assert "needs --reference" in error("--baseline", "reference")
     assert "does not exist" in error(masks=tmp_path / "nowhere")
     assert "unknown method 'nope'" in error("--method", "nope")
+    assert "unknown method 'nada'" in error("--compare", "nada")
+    assert "name each other method once" in error("--compare", "hirescam")
     output.write_text("keep me")
     assert evaluate(missing_checkpoint, volumes, masks, output) == 1
     assert "exists: pass --force" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from napari_vitcam.evaluation.explained import (
     against_model,
     auc_spread,
     compare_baseline_curves,
+    explain_alike,
     patch_tolerance,
     table_rows,
 )
@@ -62,6 +63,28 @@ def test_the_read_patch_is_found_against_the_mask_the_model_and_chance(case, reg
     rows = table_rows([scores], curves, None, chance)
     assert ("mask", "label 1", "pointing_strict", "1") in rows
     assert ("model", "baseline mean", "deletion_beats_random", "yes") in rows
+
+
+def test_the_occlusion_map_is_drawn_beside_the_map(case, region_reader):
+    loaded, volume, explanation = case
+    occlusion = explain_alike(loaded, volume, explanation, "occlusion")
+    assert occlusion.method == "occlusion" and occlusion.class_idx == 1 and occlusion.grid == explanation.grid
+    assert int(np.argmax(occlusion.token_cam)) == int(np.argmax(explanation.token_cam))  # both find the read patch
+    curves = against_model(loaded, volume, explanation, baseline="mean", compared={"occlusion": occlusion})
+    assert curves.deletion.compared_aucs["occlusion"] < curves.deletion.random_aucs.min()
+    assert curves.insertion.compared_aucs["occlusion"] > curves.insertion.random_aucs.max()
+    summary = curves.summary()
+    assert summary["deletion_auc_occlusion"] == curves.deletion.compared_aucs["occlusion"]
+    rows = table_rows([], curves)
+    assert ("model", "baseline mean", "insertion_auc_occlusion", f"{summary['insertion_auc_occlusion']:.6g}") in rows
+    other_class = explain_volume(loaded, volume, class_idx=0, method="occlusion", device="cpu")
+    with pytest.raises(InputError, match="explains class 'dark' but this map 'bright'"):
+        against_model(loaded, volume, explanation, compared={"occlusion": other_class})
+    dimmer = region_reader.bright_input(level=0.3)[0, 0].numpy()
+    other_volume = explain_alike(loaded, dimmer, explanation, "occlusion")
+    assert abs(other_volume.probabilities[1] - explanation.probabilities[1]) > 1e-3
+    with pytest.raises(InputError, match="another volume or model"):
+        against_model(loaded, volume, explanation, compared={"occlusion": other_volume})
 
 
 def test_baselines_are_compared_and_the_reference_added(case):

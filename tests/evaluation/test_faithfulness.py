@@ -12,7 +12,10 @@ from napari_vitcam.evaluation.faithfulness import (
     baseline_input,
     cell_index,
     compare_baselines,
+    deletion_and_insertion,
     perturbation_curves,
+    perturbed_inputs,
+    ranked_order,
 )
 from napari_vitcam.testing.models import OneRegionClassifier
 
@@ -50,6 +53,79 @@ def test_the_explained_region_falls_faster_than_random_orders(region_reader):
     insertion = perturbation_curves(region_reader, x, token_map, grid, 1, mode="insertion", baseline="mean", steps=16)
     assert insertion.ranked[1] == pytest.approx(full, abs=1e-6) and insertion.beats_random
     assert curves.as_dict()["baseline"] == "mean" and curves.as_dict()["mode"] == "deletion"
+
+
+def count_inputs(model: torch.nn.Module) -> list[int]:
+    """A list that grows by each batch's size whenever ``model`` runs (the hook stays for the test's model only)."""
+    sizes: list[int] = []
+    model.register_forward_pre_hook(lambda _module, args: sizes.append(int(args[0].shape[0])))
+    return sizes
+
+
+def test_deletion_and_insertion_run_each_shared_input_once(region_reader):
+    x = region_reader.bright_input()
+    grid = grid_from_patches((16, 16, 16), (4, 4, 4))
+    token_map = read_patch_map(region_reader)
+    sizes = count_inputs(region_reader)
+    both = deletion_and_insertion(region_reader, x, token_map, grid, 1, baseline="mean", steps=16, random_orders=3)
+    # 15 inner points for each of the map's two curves and each of the 3 random orders
+    # (the insertion band is the deletion band read backwards), the input itself and the baseline
+    assert sum(sizes) == 15 * (2 + 3) + 2 == perturbed_inputs(grid.n_tokens, steps=16, random_orders=3)
+    assert max(sizes) <= 8
+    deletion, insertion = both["deletion"], both["insertion"]
+    assert deletion.ranked[0] == insertion.ranked[-1] and deletion.ranked[-1] == insertion.ranked[0]
+    np.testing.assert_array_equal(insertion.random, deletion.random[:, ::-1])
+    np.testing.assert_array_equal(insertion.fractions, 1.0 - deletion.fractions[::-1])
+    assert deletion.beats_random and insertion.beats_random
+    # one mode alone gives the same curve as both together
+    alone = perturbation_curves(region_reader, x, token_map, grid, 1, mode="insertion", baseline="mean", steps=16)
+    np.testing.assert_array_equal(alone.ranked, insertion.ranked)
+    np.testing.assert_array_equal(alone.random, insertion.random)
+
+
+def test_compared_maps_share_the_band_and_add_their_own_curves(region_reader):
+    x = region_reader.bright_input()
+    grid = grid_from_patches((16, 16, 16), (4, 4, 4))
+    token_map = read_patch_map(region_reader)
+    wrong = -token_map  # ranks the read patch last
+    sizes = count_inputs(region_reader)
+    both = deletion_and_insertion(
+        region_reader, x, token_map, grid, 1, baseline="mean", compared={"same": token_map.clone(), "wrong": wrong}
+    )
+    assert sum(sizes) == 77 + 2 * 2 * 15 == perturbed_inputs(grid.n_tokens, maps=3)
+    for curves in both.values():
+        np.testing.assert_array_equal(curves.compared["same"], curves.ranked)
+        assert curves.compared_aucs["same"] == pytest.approx(curves.auc)
+    deletion, insertion = both["deletion"], both["insertion"]
+    assert deletion.compared_aucs["wrong"] > deletion.random_aucs.max() > deletion.auc
+    assert insertion.compared_aucs["wrong"] < insertion.random_aucs.min() < insertion.auc
+    assert deletion.as_dict()["compared"]["wrong"]["auc"] == deletion.compared_aucs["wrong"]
+    alone = deletion_and_insertion(region_reader, x, token_map, grid, 1, baseline="mean")
+    np.testing.assert_array_equal(alone["deletion"].random, deletion.random)  # the band does not depend on the maps
+    with pytest.raises(InputError, match="token map has shape"):
+        deletion_and_insertion(region_reader, x, token_map, grid, 1, compared={"bad": torch.zeros(2, 2, 2)})
+
+
+def test_cells_of_equal_value_are_ranked_in_random_order():
+    values = torch.zeros(4, 4, 4)
+    values[1, 2, 3], values[0, 0, 1] = 2.0, 1.0
+    orders = [ranked_order(values, torch.Generator().manual_seed(seed)) for seed in range(3)]
+    for order in orders:
+        assert order[:2].tolist() == [27, 1] and sorted(order.tolist()) == list(range(64))
+    rest = [tuple(order[2:].tolist()) for order in orders]
+    assert len(set(rest)) == 3 and rest[0] != tuple(i for i in range(64) if i not in (1, 27))
+
+
+def test_an_odd_number_of_cells_keeps_the_points_mirrored():
+    model = OneRegionClassifier(size=12, patch=4, token=(1, 1, 1))
+    grid = grid_from_patches((12, 12, 12), (4, 4, 4))
+    x = model.bright_input()
+    token_map = torch.rand(grid.shape, generator=torch.Generator().manual_seed(0))
+    both = deletion_and_insertion(model, x, token_map, grid, 1, baseline="mean", steps=2, random_orders=2)
+    fractions = both["deletion"].fractions
+    np.testing.assert_allclose(fractions, 1.0 - fractions[::-1])
+    assert fractions.tolist() == [0.0, 13 / 27, 14 / 27, 1.0]  # 27 cells cannot be halved: both halves are points
+    np.testing.assert_array_equal(both["insertion"].random, both["deletion"].random[:, ::-1])
 
 
 def test_area_under_the_curve_is_the_trapezoid_rule(region_reader):

@@ -5,9 +5,11 @@
   game (strict and within half a patch), energy pointing and best-threshold
   IoU, per label.
 * **Against the model**: deletion and insertion curves (Petsiuk et al. 2018)
-  beside a band over random orders, with a chosen baseline (blur, mean,
-  noise, or a reference Image layer such as a healthy scan), and a comparison
-  of baselines.
+  beside a band over random orders and, when computed, the occlusion map's
+  curves (an occlusion run of the same volume, class and model, or one made
+  for the comparison), with a chosen baseline (blur, mean, noise, or a
+  reference Image layer such as a healthy scan), and a comparison of
+  baselines.
 * **Against chance**: the cascading randomisation test (Adebayo et al. 2018)
   on a copy of the model.
 
@@ -32,6 +34,7 @@ from qtpy.QtCore import QSize, Qt, Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QApplication,
+    QCheckBox,
     QComboBox,
     QFormLayout,
     QFrame,
@@ -59,12 +62,14 @@ from napari_vitcam.evaluation.explained import (
     against_model,
     auc_spread,
     compare_baseline_curves,
+    explain_alike,
     patch_tolerance,
     table_rows,
 )
 from napari_vitcam.evaluation.faithfulness import BASELINES
 from napari_vitcam.evaluation.localisation import MaskScores
 from napari_vitcam.evaluation.randomization import RandomizationResult
+from napari_vitcam.pipeline.explain import VolumeExplanation
 
 TABLE_HEADER = ("check", "item", "metric", "value")
 KINDS = ("mask", "model", "baselines", "chance")
@@ -165,15 +170,62 @@ def _reference(run: ExplainDone, reference: tuple[VolumeSelection, object] | Non
     return selection.read(data)
 
 
+OCCLUSION = "occlusion"
+
+
+def same_volume_and_class(run: ExplainDone, other: ExplainDone) -> bool:
+    """Whether ``other`` explains what ``run`` explains: the same model, layer data, selection, class and grid."""
+    a, b = run.request, other.request
+    return (
+        a.loaded is b.loaded
+        and a.source is b.source
+        and a.data is b.data
+        and a.selection == b.selection
+        and run.explanation.class_idx == other.explanation.class_idx
+        and run.explanation.token_cam.shape == other.explanation.token_cam.shape
+    )
+
+
 def model_task(
-    run: ExplainDone, baseline: str, reference: tuple[VolumeSelection, object] | None, random_orders: int = 3
+    run: ExplainDone,
+    baseline: str,
+    reference: tuple[VolumeSelection, object] | None,
+    random_orders: int = 3,
+    *,
+    occlusion: VolumeExplanation | None = None,
+    make_occlusion: bool = False,
 ) -> Task:
-    """Deletion and insertion curves of the run's map with one baseline."""
+    """Deletion and insertion curves of the run's map with one baseline.
+
+    Args:
+        run: the run whose map is evaluated.
+        baseline: what replaces removed patches.
+        reference: the reference layer's selection and data, for the ``reference`` baseline.
+        random_orders: random orders in the band.
+        occlusion: an occlusion map of the same volume and class, drawn beside the map's curves.
+        make_occlusion: compute that map first when there is none (one forward pass per patch).
+    """
 
     def task(progress: Progress, cancel: threading.Event) -> Faithfulness:
-        progress("model")
         request = run.request
         volume = request.selection.read(request.data)
+        compared = {}
+        if run.explanation.method != OCCLUSION:
+            found = occlusion
+            if found is None and make_occlusion:
+                progress(OCCLUSION)
+                found = explain_alike(
+                    request.loaded,
+                    volume,
+                    run.explanation,
+                    OCCLUSION,
+                    nonfinite=request.nonfinite,
+                    affine=request.affine,
+                    cancel=cancel,
+                )
+            if found is not None:
+                compared[OCCLUSION] = found
+        progress("model")
         return against_model(
             request.loaded,
             volume,
@@ -183,6 +235,7 @@ def model_task(
             random_orders=random_orders,
             nonfinite=request.nonfinite,
             affine=request.affine,
+            compared=compared,
         )
 
     return task
@@ -260,6 +313,9 @@ class CurvePlot(FigureCanvasQTAgg):
             ax.fill_between(curve.fractions, mean - std, mean + std, color="0.75", label="random ± sd")
             ax.plot(curve.fractions, mean, color="0.45", lw=1)
             ax.plot(curve.fractions, curve.ranked, color="C3", lw=1.6, label="map")
+            for index, (name, values) in enumerate(curve.compared.items()):
+                auc = curve.compared_aucs[name]
+                ax.plot(curve.fractions, values, color=f"C{index}", lw=1.2, ls="--", label=f"{name} ({auc:.2f})")
             ax.set_title(f"{mode.capitalize()} AUC {curve.auc:.2f} (rand {curve.random_auc:.2f})", fontsize=8)
             ax.set_xlabel(f"share {'removed' if mode == 'deletion' else 'revealed'} ({result.baseline})", fontsize=7)
             ax.set_ylim(-0.02, 1.02)
@@ -328,6 +384,7 @@ class EvaluatePanel(QGroupBox):
         self.viewer = viewer
         self.run: ExplainDone | None = None
         self.layer: Image | None = None
+        self.occlusion_run: ExplainDone | None = None
         self.results: dict[str, object] = {}
         self._job: Job | None = None
         self._kind = ""
@@ -369,6 +426,11 @@ class EvaluatePanel(QGroupBox):
         baseline_row = QHBoxLayout()
         baseline_row.addWidget(self.baseline_combo)
         baseline_row.addWidget(self.reference_combo, 1)
+        self.occlusion_check = QCheckBox("beside the occlusion map")
+        self.occlusion_check.setToolTip(
+            "Draw the occlusion map's curves beside this map's: an occlusion run of the same volume and class is "
+            "used when there is one; otherwise it is computed first (one forward pass per patch)."
+        )
         self.model_button = QPushButton("Deletion / insertion")
         self.baselines_button = QPushButton("Compare baselines")
         self.chance_button = QPushButton("Randomisation test")
@@ -404,6 +466,7 @@ class EvaluatePanel(QGroupBox):
         form.addRow("Mask", mask_row)
         form.addRow("", self.tolerance_label)
         form.addRow("Baseline", baseline_row)
+        form.addRow("", self.occlusion_check)
         form.addRow(model_row)
         body = QVBoxLayout(self.body)
         body.setContentsMargins(0, 0, 0, 0)
@@ -436,8 +499,13 @@ class EvaluatePanel(QGroupBox):
 
     # ------------------------------------------------------------------ state
     def set_run(self, run: ExplainDone | None, layer: Image | None) -> None:
-        """Evaluate ``run`` from now on; ``layer`` is its heatmap layer (the numbers go into its metadata)."""
+        """Evaluate ``run`` from now on; ``layer`` is its heatmap layer (the numbers go into its metadata).
+
+        An occlusion run is also kept, to draw its curves beside a later run's of the same volume and class.
+        """
         self.run, self.layer = run, layer
+        if run is not None and run.explanation.method == OCCLUSION:
+            self.occlusion_run = run
         if self.results:  # redraw only what showed the previous run's results (a draw takes the GUI thread)
             self.results = {}
             self.plot.clear()
@@ -452,6 +520,13 @@ class EvaluatePanel(QGroupBox):
             if e.grid is not None:
                 self.tolerance_label.setText(f"tolerant pointing: within half a patch ({self._tolerance_text()})")
         self._update_buttons()
+
+    def comparable_occlusion(self) -> VolumeExplanation | None:
+        """The kept occlusion run's map, if it explains what the current run explains (and is not that run)."""
+        other, run = self.occlusion_run, self.run
+        if other is None or run is None or other is run or not same_volume_and_class(run, other):
+            return None
+        return other.explanation
 
     def _tolerance_text(self) -> str:
         if self.run is None or self.run.explanation.grid is None:
@@ -508,6 +583,12 @@ class EvaluatePanel(QGroupBox):
         self.reference_combo.setEnabled(needs_reference)
         reference_ok = not needs_reference or self.reference_combo.layer() is not None
         self.model_button.setEnabled(idle and usable and reference_ok)
+        found = self.comparable_occlusion() is not None
+        occluding = self.run is not None and self.run.explanation.method == OCCLUSION
+        self.occlusion_check.setText(
+            "beside the occlusion map " + ("(from the occlusion run)" if found else "(computes it first)")
+        )
+        self.occlusion_check.setEnabled(idle and usable and not found and not occluding)
         self.baselines_button.setEnabled(idle and usable)
         self.chance_button.setEnabled(idle and usable)
         self.cancel_button.setEnabled(not idle)
@@ -555,7 +636,14 @@ class EvaluatePanel(QGroupBox):
         except VitcamError as error:
             notices.notify_run_error(error)
             return False
-        return self._start("model", model_task(self.run, baseline, reference))
+        task = model_task(
+            self.run,
+            baseline,
+            reference,
+            occlusion=self.comparable_occlusion(),
+            make_occlusion=self.occlusion_check.isChecked(),
+        )
+        return self._start("model", task)
 
     def compare_baselines(self) -> bool:
         """The curves for every baseline (and the reference layer, when the baseline is ``reference``)."""
@@ -657,6 +745,8 @@ class EvaluatePanel(QGroupBox):
                 f"deletion AUC {d.auc:.2f} vs random {d.random_auc:.2f} ({'beats' if d.beats_random else 'does NOT beat'} "
                 f"random); insertion {i.auc:.2f} vs {i.random_auc:.2f}; baseline {model.baseline}"
             )
+            for name, auc in d.compared_aucs.items():
+                lines.append(f"{name} map: deletion AUC {auc:.2f}, insertion {i.compared_aucs[name]:.2f}")
         baselines = self.results.get("baselines")
         if isinstance(baselines, dict) and baselines:
             spread = auc_spread(baselines)

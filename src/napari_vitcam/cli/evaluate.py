@@ -11,7 +11,8 @@ explained and the map is evaluated:
   pointing, best-threshold IoU, per label (distances in mm where the files
   have geometry, else voxels);
 * against the model: deletion and insertion AUCs against random orders, with
-  the baseline recorded;
+  the baseline recorded (and those of other methods' maps with ``--compare``,
+  e.g. ``--compare occlusion``);
 * against chance: the cascading randomisation test (``--no-randomization`` skips it).
 
 One CSV row per case and label (written atomically), and a short summary on
@@ -72,6 +73,13 @@ COLUMNS = (
     "randomization_survives",
     "randomization_steps",
 )
+
+
+def columns(compared: Sequence[str] = ()) -> tuple[str, ...]:
+    """The CSV's columns: :data:`COLUMNS`, and each compared method's AUCs after the map's."""
+    extra = tuple(f"{mode}_auc_{name}" for name in compared for mode in ("deletion", "insertion"))
+    at = COLUMNS.index("insertion_beats_random") + 1
+    return COLUMNS[:at] + extra + COLUMNS[at:]
 
 
 @dataclass(frozen=True)
@@ -192,10 +200,10 @@ def check_output(output: Path, inputs: Sequence[Path], force: bool) -> None:
         raise InputError(f"{output} exists: pass --force to replace it, or choose another name with -o")
 
 
-def write_csv(output: Path, rows: Sequence[dict[str, object]]) -> None:
+def write_csv(output: Path, rows: Sequence[dict[str, object]], fieldnames: Sequence[str] = COLUMNS) -> None:
     """Write ``rows`` to ``output`` atomically (a temporary file beside it, then a rename)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _cell(v) for k, v in row.items()})
@@ -219,7 +227,13 @@ def _cell(value: object) -> object:
 
 def evaluate_case(loaded, case: Case, args: argparse.Namespace) -> list[dict[str, object]]:
     """Explain one case and evaluate its map; one row per label."""
-    from napari_vitcam.evaluation.explained import against_chance, against_mask, against_model, patch_tolerance
+    from napari_vitcam.evaluation.explained import (
+        against_chance,
+        against_mask,
+        against_model,
+        explain_alike,
+        patch_tolerance,
+    )
     from napari_vitcam.pipeline.explain import explain_volume
 
     explanation = explain_volume(
@@ -233,6 +247,9 @@ def evaluate_case(loaded, case: Case, args: argparse.Namespace) -> list[dict[str
         affine=case.affine,
     )
     masks = against_mask(explanation, case.mask, spacing=case.spacing)
+    compared = {
+        name: explain_alike(loaded, case.volume, explanation, name, affine=case.affine) for name in args.compare
+    }
     curves = against_model(
         loaded,
         case.volume,
@@ -243,6 +260,7 @@ def evaluate_case(loaded, case: Case, args: argparse.Namespace) -> list[dict[str
         random_orders=args.random_orders,
         batch_size=args.batch_size,
         affine=case.affine,
+        compared=compared,
     )
     chance = None if args.no_randomization else against_chance(loaded, case.volume, explanation, affine=case.affine)
     common: dict[str, object] = {
@@ -257,7 +275,7 @@ def evaluate_case(loaded, case: Case, args: argparse.Namespace) -> list[dict[str
         "distance_unit": "mm" if case.spacing is not None else "voxels",
         **curves.summary(),
     }
-    common = {k: v for k, v in common.items() if k in COLUMNS}
+    common = {k: v for k, v in common.items() if k in columns(args.compare)}
     if chance is not None:
         common["randomization_final"] = chance.final_correlation
         common["randomization_survives"] = chance.survives
@@ -298,6 +316,12 @@ def summary(rows: Sequence[dict[str, object]], cases: int) -> str:
         f"insertion AUC {mean('insertion_auc'):.3f} (random {mean('insertion_random_auc'):.3f}), "
         f"beats random on {share('insertion_beats_random')}",
     ]
+    for key in rows[0]:
+        if key.startswith("deletion_auc_"):
+            name = key.removeprefix("deletion_auc_")
+            lines.append(
+                f"{name} map for comparison: deletion AUC {mean(key):.3f}, insertion AUC {mean('insertion_auc_' + name):.3f}"
+            )
     if any("randomization_survives" in r for r in rows):
         lines.append(
             f"maps that survive randomisation (do not depend on the trained weights): {share('randomization_survives')}"
@@ -316,6 +340,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--target", default=None, help="target layer (default: the checkpoint's recommendation)")
     parser.add_argument("--class", dest="class_idx", default=None, help="class name or index (default: predicted)")
     parser.add_argument("--upsample", default="smooth", choices=UPSAMPLE_MODES)
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="METHOD",
+        help="also draw the curves of this method's map, e.g. occlusion (repeatable)",
+    )
     parser.add_argument("--baseline", default="blur", choices=BASELINES, help="what replaces removed patches")
     parser.add_argument("--reference", type=Path, default=None, help="reference volume for --baseline reference")
     parser.add_argument("--steps", type=int, default=16, help="points per deletion/insertion curve, less one")
@@ -337,7 +368,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.steps < 1 or args.random_orders < 1 or args.batch_size < 1:
             raise InputError("--steps, --random-orders and --batch-size must be at least 1")
-        get_explainer(args.method)  # an unknown method is refused before anything is read
+        for method in (args.method, *args.compare):
+            get_explainer(method)  # an unknown method is refused before anything is read
+        if args.method in args.compare or len(set(args.compare)) < len(args.compare):
+            raise InputError("--compare names a method twice or the --method itself: name each other method once")
         if args.baseline == "reference" and args.reference is None:
             raise InputError("--baseline reference needs --reference FILE (e.g. a healthy scan on the same grid)")
         cases = pair_cases(args.volumes, args.masks)
@@ -368,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{PROG}: case {case.name!r}: {one_line(error, limit=400)}", file=sys.stderr)
                 return 1
         print(file=sys.stderr)
-        write_csv(args.output, rows)
+        write_csv(args.output, rows, columns(args.compare))
     except (VitcamError, OSError) as error:
         print(f"{PROG}: {one_line(error, limit=400)}", file=sys.stderr)
         return 1

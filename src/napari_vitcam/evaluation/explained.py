@@ -8,7 +8,8 @@ and calls :mod:`.localisation`, :mod:`.faithfulness` or :mod:`.randomization`.
 
 * :func:`against_mask`: pointing game (strict and within half a patch), energy
   pointing and best-threshold IoU, per label.
-* :func:`against_model`: deletion and insertion curves with a recorded baseline.
+* :func:`against_model`: deletion and insertion curves with a recorded baseline,
+  beside other maps of the same volume (e.g. occlusion, :func:`explain_alike`).
 * :func:`compare_baseline_curves`: the same for several baselines, and how far the AUCs move.
 * :func:`against_chance`: the cascading model-parameter randomisation test
   (on a copy: the loaded model is never modified).
@@ -19,7 +20,7 @@ No Qt, no napari.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,12 +31,12 @@ from napari_vitcam.core.errors import Cancelled, InputError
 from napari_vitcam.engine.capture import model_lock
 from napari_vitcam.engine.dispatch import explain_tokens
 from napari_vitcam.engine.token_grid import TokenGrid
-from napari_vitcam.evaluation.faithfulness import BASELINES, MODES, PerturbationCurves, perturbation_curves
+from napari_vitcam.evaluation.faithfulness import BASELINES, MODES, PerturbationCurves, deletion_and_insertion
 from napari_vitcam.evaluation.localisation import MaskScores, Spacing, label_scores
 from napari_vitcam.evaluation.randomization import RandomizationResult, cascading_randomization
 from napari_vitcam.models.loaded_model import LoadedModel
 from napari_vitcam.pipeline.checks import NonFinite
-from napari_vitcam.pipeline.explain import VolumeExplanation, model_input
+from napari_vitcam.pipeline.explain import VolumeExplanation, explain_volume, model_input
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ class Faithfulness:
             out[f"{mode}_random_auc"] = curve.random_auc
             out[f"{mode}_random_auc_std"] = float(curve.random_aucs.std())
             out[f"{mode}_beats_random"] = curve.beats_random
+            for name, auc in curve.compared_aucs.items():
+                out[f"{mode}_auc_{name}"] = auc
         return out
 
     def as_dict(self) -> dict[str, object]:
@@ -181,6 +184,7 @@ def against_model(
     batch_size: int = 8,
     nonfinite: NonFinite = "error",
     affine: np.ndarray | None = None,
+    compared: Mapping[str, VolumeExplanation] | None = None,
 ) -> Faithfulness:
     """Deletion and insertion curves of the explanation's token map, against random orders.
 
@@ -196,11 +200,83 @@ def against_model(
         batch_size: perturbed inputs per forward pass.
         nonfinite: as for explain_volume.
         affine: the volume's voxel-to-RAS affine, as given to explain_volume.
+        compared: other explanations of the same volume and class (e.g. ``{"occlusion": ...}``, see
+            :func:`explain_alike`), whose curves are drawn beside the map's, with the same baseline and band.
     """
     _check_baseline(baseline, reference)
+    others = _check_compared(explanation, compared or {})
     return _curves(
-        loaded, volume, explanation, [baseline], reference, steps, random_orders, seed, batch_size, nonfinite, affine
+        loaded,
+        volume,
+        explanation,
+        [baseline],
+        reference,
+        steps,
+        random_orders,
+        seed,
+        batch_size,
+        nonfinite,
+        affine,
+        others,
     )[baseline]
+
+
+def _check_compared(explanation: VolumeExplanation, compared: Mapping[str, VolumeExplanation]) -> dict[str, np.ndarray]:
+    """The compared explanations' token maps, refused in one line when they explain something else."""
+    out = {}
+    for name, other in compared.items():
+        if other.class_idx != explanation.class_idx:
+            raise InputError(
+                f"the {name} map explains class {other.class_name!r} but this map {explanation.class_name!r}: "
+                f"explain the same class with {name}"
+            )
+        if other.token_cam.shape != explanation.token_cam.shape:
+            raise InputError(
+                f"the {name} map lies on a {other.token_cam.shape} grid but this map on {explanation.token_cam.shape}: "
+                "explain the same volume with the same model"
+            )
+        if not np.allclose(other.probabilities, explanation.probabilities, atol=1e-4):
+            raise InputError(
+                f"the {name} map's model gave other probabilities than this map's: "
+                "it explains another volume or model; explain this volume again"
+            )
+        out[name] = other.token_cam
+    return out
+
+
+def explain_alike(
+    loaded: LoadedModel,
+    volume: object,
+    explanation: VolumeExplanation,
+    method: str,
+    *,
+    nonfinite: NonFinite = "error",
+    affine: np.ndarray | None = None,
+    cancel: threading.Event | None = None,
+) -> VolumeExplanation:
+    """The same volume and class explained with another ``method`` (its default target), e.g. occlusion to compare.
+
+    Args:
+        loaded: the model explained.
+        volume: the volume explained, as given to explain_volume.
+        explanation: what explain_volume returned for it (its class, device and upsampling are kept).
+        method: a registered explainer.
+        nonfinite: as for explain_volume.
+        affine: the volume's voxel-to-RAS affine, as given to explain_volume.
+        cancel: set it to stop the run.
+    """
+    return explain_volume(
+        loaded,
+        volume,
+        class_idx=explanation.class_idx,
+        method=method,
+        upsample=explanation.upsample,
+        device=explanation.device,
+        token_grid=explanation.grid.shape if explanation.grid is not None else None,
+        cancel=cancel,
+        nonfinite=nonfinite,
+        affine=affine,
+    )
 
 
 def compare_baseline_curves(
@@ -240,6 +316,7 @@ def _curves(
     batch_size: int,
     nonfinite: NonFinite,
     affine: np.ndarray | None,
+    compared: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Faithfulness]:
     grid = _grid(explanation)
     x, ref = model_inputs(loaded, volume, explanation, reference=reference, nonfinite=nonfinite, affine=affine)
@@ -247,23 +324,20 @@ def _curves(
     with model_lock(loaded.model):  # an explanation of the same model in another thread waits
         loaded.model.to(x.device)
         for name in baselines:
-            curves = {
-                mode: perturbation_curves(
-                    loaded.model,
-                    x,
-                    explanation.token_cam,
-                    grid,
-                    explanation.class_idx,
-                    mode=mode,
-                    baseline=name,
-                    reference=ref,
-                    steps=steps,
-                    random_orders=random_orders,
-                    seed=seed,
-                    batch_size=batch_size,
-                )
-                for mode in MODES
-            }
+            curves = deletion_and_insertion(
+                loaded.model,
+                x,
+                explanation.token_cam,
+                grid,
+                explanation.class_idx,
+                baseline=name,
+                reference=ref,
+                steps=steps,
+                random_orders=random_orders,
+                seed=seed,
+                batch_size=batch_size,
+                compared=compared,
+            )
             out[name] = Faithfulness(name, curves["deletion"], curves["insertion"])
     return out
 
