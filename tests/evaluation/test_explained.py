@@ -89,7 +89,13 @@ def test_the_occlusion_map_is_drawn_beside_the_map(case, region_reader):
 
 def test_baselines_are_compared_and_the_reference_added(case):
     loaded, volume, explanation = case
-    results = compare_baseline_curves(loaded, volume, explanation, reference=np.zeros_like(volume), steps=4)
+    heard: list[tuple[int, int]] = []
+    results = compare_baseline_curves(
+        loaded, volume, explanation, reference=np.zeros_like(volume), steps=4, progress=lambda *a: heard.append(a)
+    )
+    per_baseline = 3 * (2 + 3) + 2  # 3 inner points for the map's 2 curves and 3 random orders, the input, the baseline
+    assert heard[-1] == (4 * per_baseline, 4 * per_baseline)  # counted over the four baselines
+    assert [done for done, _ in heard] == sorted(done for done, _ in heard)
     assert list(results) == ["blur", "mean", "noise", "reference"]
     aucs = [r.insertion.auc for r in results.values()]
     assert auc_spread(results)["insertion"] == pytest.approx(max(aucs) - min(aucs))

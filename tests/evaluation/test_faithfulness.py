@@ -1,10 +1,12 @@
 """Deletion and insertion curves and the agreement check, on models whose answer is known."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
 
-from napari_vitcam.core.errors import InputError
+from napari_vitcam.core.errors import Cancelled, InputError
 from napari_vitcam.engine.cam import grad_cam
 from napari_vitcam.engine.token_grid import TokenGrid, grid_from_patches
 from napari_vitcam.evaluation.faithfulness import (
@@ -104,6 +106,28 @@ def test_compared_maps_share_the_band_and_add_their_own_curves(region_reader):
     np.testing.assert_array_equal(alone["deletion"].random, deletion.random)  # the band does not depend on the maps
     with pytest.raises(InputError, match="token map has shape"):
         deletion_and_insertion(region_reader, x, token_map, grid, 1, compared={"bad": torch.zeros(2, 2, 2)})
+
+
+def test_the_curves_report_progress_and_stop_when_cancelled(region_reader):
+    x = region_reader.bright_input()
+    grid = grid_from_patches((16, 16, 16), (4, 4, 4))
+    token_map = read_patch_map(region_reader)
+    heard: list[tuple[int, int]] = []
+    deletion_and_insertion(region_reader, x, token_map, grid, 1, batch_size=8, progress=lambda *a: heard.append(a))
+    assert (
+        heard[0] == (0, 77) and heard[-1] == (77, 77) and len(heard) == 10 + 1
+    )  # before each of 10 batches, at the end
+    assert [done for done, _ in heard] == sorted(done for done, _ in heard)
+    stop = threading.Event()
+
+    def cancel_after_two(done: int, total: int) -> None:
+        if done >= 16:
+            stop.set()
+
+    sizes = count_inputs(region_reader)
+    with pytest.raises(Cancelled):
+        deletion_and_insertion(region_reader, x, token_map, grid, 1, cancel=stop, progress=cancel_after_two)
+    assert sum(sizes) == 16  # two batches ran, none after the cancel
 
 
 def test_cells_of_equal_value_are_ranked_in_random_order():

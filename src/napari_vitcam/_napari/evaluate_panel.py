@@ -23,7 +23,7 @@ on the clipboard, tab-separated.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -225,7 +225,6 @@ def model_task(
                 )
             if found is not None:
                 compared[OCCLUSION] = found
-        progress("model")
         return against_model(
             request.loaded,
             volume,
@@ -236,9 +235,16 @@ def model_task(
             nonfinite=request.nonfinite,
             affine=request.affine,
             compared=compared,
+            cancel=cancel,
+            progress=counted("model", progress),
         )
 
     return task
+
+
+def counted(kind: str, progress: Progress) -> Callable[[int, int], None]:
+    """Reports perturbed inputs run as the stage ``kind (done/total inputs)``."""
+    return lambda done, total: progress(f"{kind} ({done}/{total} inputs)")
 
 
 def baselines_task(run: ExplainDone, reference: tuple[VolumeSelection, object] | None) -> Task:
@@ -255,6 +261,8 @@ def baselines_task(run: ExplainDone, reference: tuple[VolumeSelection, object] |
             reference=_reference(run, reference),
             nonfinite=request.nonfinite,
             affine=request.affine,
+            cancel=cancel,
+            progress=counted("baselines", progress),
         )
 
     return task

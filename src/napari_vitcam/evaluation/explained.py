@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +32,13 @@ from napari_vitcam.core.errors import Cancelled, InputError
 from napari_vitcam.engine.capture import model_lock
 from napari_vitcam.engine.dispatch import explain_tokens
 from napari_vitcam.engine.token_grid import TokenGrid
-from napari_vitcam.evaluation.faithfulness import BASELINES, MODES, PerturbationCurves, deletion_and_insertion
+from napari_vitcam.evaluation.faithfulness import (
+    BASELINES,
+    MODES,
+    InputsDone,
+    PerturbationCurves,
+    deletion_and_insertion,
+)
 from napari_vitcam.evaluation.localisation import MaskScores, Spacing, label_scores
 from napari_vitcam.evaluation.randomization import RandomizationResult, cascading_randomization
 from napari_vitcam.models.loaded_model import LoadedModel
@@ -185,6 +192,8 @@ def against_model(
     nonfinite: NonFinite = "error",
     affine: np.ndarray | None = None,
     compared: Mapping[str, VolumeExplanation] | None = None,
+    cancel: threading.Event | None = None,
+    progress: InputsDone | None = None,
 ) -> Faithfulness:
     """Deletion and insertion curves of the explanation's token map, against random orders.
 
@@ -202,6 +211,8 @@ def against_model(
         affine: the volume's voxel-to-RAS affine, as given to explain_volume.
         compared: other explanations of the same volume and class (e.g. ``{"occlusion": ...}``, see
             :func:`explain_alike`), whose curves are drawn beside the map's, with the same baseline and band.
+        cancel: set it to stop before the next batch of perturbed inputs.
+        progress: called with (perturbed inputs run, inputs in all).
     """
     _check_baseline(baseline, reference)
     others = _check_compared(explanation, compared or {})
@@ -210,14 +221,16 @@ def against_model(
         volume,
         explanation,
         [baseline],
-        reference,
-        steps,
-        random_orders,
-        seed,
-        batch_size,
-        nonfinite,
-        affine,
-        others,
+        reference=reference,
+        nonfinite=nonfinite,
+        affine=affine,
+        compared=others,
+        progress=progress,
+        steps=steps,
+        random_orders=random_orders,
+        seed=seed,
+        batch_size=batch_size,
+        cancel=cancel,
     )[baseline]
 
 
@@ -292,15 +305,32 @@ def compare_baseline_curves(
     batch_size: int = 8,
     nonfinite: NonFinite = "error",
     affine: np.ndarray | None = None,
+    cancel: threading.Event | None = None,
+    progress: InputsDone | None = None,
 ) -> dict[str, Faithfulness]:
-    """:func:`against_model` once per baseline (``reference`` is added when a reference volume is given)."""
+    """:func:`against_model` once per baseline (``reference`` is added when a reference volume is given).
+
+    ``progress`` hears the perturbed inputs run over all baselines.
+    """
     names = list(baselines)
     if reference is not None and "reference" not in names:
         names.append("reference")
     for name in names:
         _check_baseline(name, reference)
     return _curves(
-        loaded, volume, explanation, names, reference, steps, random_orders, seed, batch_size, nonfinite, affine
+        loaded,
+        volume,
+        explanation,
+        names,
+        reference=reference,
+        nonfinite=nonfinite,
+        affine=affine,
+        progress=progress,
+        steps=steps,
+        random_orders=random_orders,
+        seed=seed,
+        batch_size=batch_size,
+        cancel=cancel,
     )
 
 
@@ -309,21 +339,27 @@ def _curves(
     volume: object,
     explanation: VolumeExplanation,
     baselines: Sequence[str],
+    *,
     reference: object | None,
-    steps: int,
-    random_orders: int,
-    seed: int,
-    batch_size: int,
     nonfinite: NonFinite,
     affine: np.ndarray | None,
     compared: Mapping[str, np.ndarray] | None = None,
+    progress: InputsDone | None = None,
+    **options: Any,
 ) -> dict[str, Faithfulness]:
+    """:func:`~napari_vitcam.evaluation.faithfulness.deletion_and_insertion` for each baseline; ``progress`` hears
+    the inputs run over all baselines."""
     grid = _grid(explanation)
     x, ref = model_inputs(loaded, volume, explanation, reference=reference, nonfinite=nonfinite, affine=affine)
     out = {}
     with model_lock(loaded.model):  # an explanation of the same model in another thread waits
         loaded.model.to(x.device)
-        for name in baselines:
+        for index, name in enumerate(baselines):
+
+            def heard(done: int, total: int, index: int = index) -> None:
+                if progress is not None:
+                    progress(index * total + done, len(baselines) * total)
+
             curves = deletion_and_insertion(
                 loaded.model,
                 x,
@@ -332,11 +368,9 @@ def _curves(
                 explanation.class_idx,
                 baseline=name,
                 reference=ref,
-                steps=steps,
-                random_orders=random_orders,
-                seed=seed,
-                batch_size=batch_size,
                 compared=compared,
+                progress=heard,
+                **options,
             )
             out[name] = Faithfulness(name, curves["deletion"], curves["insertion"])
     return out

@@ -25,7 +25,8 @@ cells of the same number.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_vitcam.core.errors import InputError
+from napari_vitcam.core.errors import Cancelled, InputError
 from napari_vitcam.engine.capture import eval_mode, model_lock
 from napari_vitcam.engine.introspect import read_logits
 from napari_vitcam.engine.token_grid import TokenGrid
@@ -43,6 +44,8 @@ Mode = Literal["deletion", "insertion"]
 MODES: tuple[Mode, ...] = get_args(Mode)
 Baseline = Literal["blur", "mean", "noise", "reference"]
 BASELINES: tuple[Baseline, ...] = get_args(Baseline)
+InputsDone = Callable[[int, int], None]
+"""Told how many perturbed inputs have run, of how many."""
 
 
 @dataclass(frozen=True)
@@ -302,11 +305,25 @@ class _Prober:
         ranks[order] = torch.arange(order.numel(), device=order.device)
         return torch.where(self.cells >= 0, ranks[self.cells.clamp(min=0)], torch.full_like(self.cells, self.n))
 
-    def hidden(self, orders: Sequence[torch.Tensor], requests: Sequence[tuple[int, int]]) -> torch.Tensor:
-        """Probabilities after hiding the first ``count`` cells of ``orders[i]``, for each ``(i, count)``, batched."""
+    def hidden(
+        self,
+        orders: Sequence[torch.Tensor],
+        requests: Sequence[tuple[int, int]],
+        *,
+        cancel: threading.Event | None = None,
+        progress: InputsDone | None = None,
+    ) -> torch.Tensor:
+        """Probabilities after hiding the first ``count`` cells of ``orders[i]``, for each ``(i, count)``, batched.
+
+        ``cancel`` is looked at before each batch (:class:`Cancelled`); ``progress`` hears after each.
+        """
         voxel_ranks: dict[int, torch.Tensor] = {}
         out = []
         for first in range(0, len(requests), self.batch_size):
+            if progress is not None:
+                progress(first, len(requests))
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled")
             chunk = requests[first : first + self.batch_size]
             masks = []
             for index, count in chunk:
@@ -314,6 +331,8 @@ class _Prober:
                     voxel_ranks[index] = self.voxel_ranks(orders[index])
                 masks.append(voxel_ranks[index] < count)
             out.append(self.probabilities(torch.where(torch.stack(masks)[:, None], self.baseline, self.x)))
+        if progress is not None:
+            progress(len(requests), len(requests))
         return torch.cat(out) if out else torch.empty(0, device=self.x.device)
 
 
@@ -412,6 +431,8 @@ def deletion_and_insertion(
     seed: int = 0,
     batch_size: int = 8,
     compared: Mapping[str, object] | None = None,
+    cancel: threading.Event | None = None,
+    progress: InputsDone | None = None,
 ) -> dict[Mode, PerturbationCurves]:
     """The deletion and insertion curves of ``token_map`` and of ``random_orders`` random orders, sharing inputs.
 
@@ -436,6 +457,8 @@ def deletion_and_insertion(
         batch_size: perturbed inputs per forward pass.
         compared: other maps on the same grid (e.g. ``{"occlusion": ...}``), whose curves are drawn beside the
             map's with the same baseline and random band (``2 * (steps - 1)`` more inputs each).
+        cancel: set it to stop before the next batch (raises :class:`~napari_vitcam.core.errors.Cancelled`).
+        progress: called with (inputs run, inputs in all) before each batch and at the end.
     """
     unknown = [mode for mode in modes if mode not in MODES]
     if unknown or not modes:
@@ -459,7 +482,11 @@ def deletion_and_insertion(
         requests = plan.requests()
         runnable = [(max(order, 0), hidden) for order, hidden in requests]  # the shared ends hide 0 or n of any order
         probabilities = dict(
-            zip(requests, prober.hidden(orders, runnable).cpu().numpy().astype(np.float64), strict=True)
+            zip(
+                requests,
+                prober.hidden(orders, runnable, cancel=cancel, progress=progress).cpu().numpy().astype(np.float64),
+                strict=True,
+            )
         )
     fractions = np.array(plan.counts, dtype=np.float64) / n
 
