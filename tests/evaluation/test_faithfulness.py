@@ -128,6 +128,10 @@ def test_the_curves_report_progress_and_stop_when_cancelled(region_reader):
     with pytest.raises(Cancelled):
         deletion_and_insertion(region_reader, x, token_map, grid, 1, cancel=stop, progress=cancel_after_two)
     assert sum(sizes) == 16  # two batches ran, none after the cancel
+    sizes.clear()
+    with pytest.raises(Cancelled):
+        agreement(region_reader, x, token_map, grid, 1, cancel=stop)
+    assert sizes == []
 
 
 def test_cells_of_equal_value_are_ranked_in_random_order():

@@ -586,6 +586,7 @@ def agreement(
     draws: int = 7,
     seed: int = 0,
     batch_size: int = 8,
+    cancel: threading.Event | None = None,
 ) -> Agreement:
     """The class probability's drop when the map's top ``share`` of cells is removed, against random cells.
 
@@ -599,6 +600,7 @@ def agreement(
         draws: how many random sets of cells to compare with.
         seed: for the random sets.
         batch_size: inputs per forward pass.
+        cancel: set it to stop before the next batch (raises :class:`~napari_vitcam.core.errors.Cancelled`).
     """
     values = _check_inputs(x, token_map, grid).to(x.device)
     n = grid.n_tokens
@@ -610,7 +612,7 @@ def agreement(
         ties = torch.Generator(device="cpu").manual_seed(seed + 1)
         orders = [ranked_order(values, ties).to(x.device)]
         orders += [torch.randperm(n, generator=generator).to(x.device) for _ in range(draws)]
-        probabilities = prober.hidden(orders, [(0, 0)] + [(i, cells) for i in range(len(orders))])
+        probabilities = prober.hidden(orders, [(0, 0)] + [(i, cells) for i in range(len(orders))], cancel=cancel)
     full, *after = probabilities.cpu().numpy().astype(np.float64).tolist()
     drops = full - np.array(after)
     return Agreement(
