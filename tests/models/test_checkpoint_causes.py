@@ -11,22 +11,12 @@ import textwrap
 import pytest
 import torch
 from safetensors.torch import save_file
+from tests.models.small_models import SPEC, monai_vit_arguments
 
 from napari_vitcam.core.errors import CheckpointError, UntrustedCheckpointError
-from napari_vitcam.models.architectures.vit3d import ViT3D, ViTConfig
 from napari_vitcam.models.checkpoint import load_checkpoint, save_checkpoint
 from napari_vitcam.models.formats.monai_bundle.config import MAX_RESOLVED_VALUES, resolve_references
-from napari_vitcam.models.spec import InputSpec, ModelSpec
 from napari_vitcam.models.weights import refused_global
-
-CONFIG = {"img_size": 16, "patch_size": 8, "width": 16, "depth": 2, "heads": 2, "num_classes": 2}
-SPEC = ModelSpec(input=InputSpec(spatial_size=(16, 16, 16)), architecture="ViT3D", arguments=CONFIG)
-
-
-@pytest.fixture
-def vit():
-    torch.manual_seed(0)
-    return ViT3D(ViTConfig(**CONFIG)).eval()
 
 
 class RunsACommand:
@@ -191,18 +181,7 @@ def write_bundle(root, config, vit):
     return root
 
 
-MONAI_VIT = {
-    "_target_": "ViT",
-    "in_channels": 1,
-    "img_size": [16, 16, 16],
-    "patch_size": [8, 8, 8],
-    "hidden_size": 16,
-    "mlp_dim": 32,
-    "num_layers": 1,
-    "num_heads": 2,
-    "classification": True,
-    "num_classes": 2,
-}
+MONAI_VIT = {"_target_": "ViT", **monai_vit_arguments()}
 
 
 @pytest.mark.parametrize("where", ["network_def", "preprocessing"])

@@ -12,23 +12,14 @@ pytest.importorskip("einops", reason="MONAI's ViT needs einops")
 
 from monai.networks.blocks.transformerblock import TransformerBlock
 from monai.networks.nets import ResNet, ViT
+from tests.models.small_models import monai_vit_arguments
 
 from napari_vitcam import grad_cam
 from napari_vitcam.core.errors import CheckpointError, MissingExtraError, UntrustedCheckpointError
 from napari_vitcam.models.checkpoint import load_checkpoint, save_checkpoint
 from napari_vitcam.models.spec import InputSpec, ModelSpec, Normalization
 
-VIT_ARGS = {
-    "in_channels": 1,
-    "img_size": [16, 16, 16],
-    "patch_size": [8, 8, 8],
-    "hidden_size": 16,
-    "mlp_dim": 32,
-    "num_layers": 2,
-    "num_heads": 2,
-    "classification": True,
-    "num_classes": 3,
-}
+VIT_ARGS = monai_vit_arguments(num_layers=2, num_classes=3)
 RESNET_ARGS = {
     "block": "basic",
     "layers": [1, 1, 1, 1],

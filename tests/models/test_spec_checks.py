@@ -8,25 +8,19 @@ import textwrap
 import pytest
 import torch
 from safetensors.torch import save_file
+from tests.models.small_models import CONFIG, monai_vit_arguments
 
 from napari_vitcam.core.errors import CheckpointError
 from napari_vitcam.models import limits
-from napari_vitcam.models.architectures.vit3d import ViT3D, ViTConfig
+from napari_vitcam.models.architectures.vit3d import ViTConfig
 from napari_vitcam.models.checkpoint import load_checkpoint, save_checkpoint
 from napari_vitcam.models.spec import InputSpec, ModelSpec, Normalization
 
-CONFIG = {"img_size": 16, "patch_size": 8, "width": 16, "depth": 2, "heads": 2, "num_classes": 2}
 SPEC = ModelSpec(
     input=InputSpec(spatial_size=(16, 16, 16), normalization=Normalization("window", window=(-100, 300))),
     architecture="ViT3D",
     arguments=CONFIG,
 )
-
-
-@pytest.fixture
-def vit():
-    torch.manual_seed(0)
-    return ViT3D(ViTConfig(**CONFIG)).eval()
 
 
 def write_native(path, model, spec: dict):
@@ -266,17 +260,7 @@ def test_a_monai_spec_without_input_takes_img_size(tmp_path):
     pytest.importorskip("einops", reason="MONAI's ViT needs einops")
     from monai.networks.nets import ViT
 
-    arguments = {
-        "in_channels": 2,
-        "img_size": [16, 24, 16],
-        "patch_size": [8, 8, 8],
-        "hidden_size": 16,
-        "mlp_dim": 32,
-        "num_layers": 1,
-        "num_heads": 2,
-        "classification": True,
-        "num_classes": 2,
-    }
+    arguments = monai_vit_arguments(in_channels=2, img_size=[16, 24, 16])
     torch.manual_seed(0)
     path = write_native(
         tmp_path / "vit.safetensors", ViT(**arguments), {"architecture": "monai:ViT", "arguments": arguments}

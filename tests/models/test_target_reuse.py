@@ -4,15 +4,12 @@ import threading
 
 import pytest
 import torch
+from tests.models.small_models import CONFIG, SPEC
 from torch import nn
 
 from napari_vitcam.models.architectures.vit3d import ViT3D, ViTConfig
 from napari_vitcam.models.checkpoint import load_checkpoint, save_checkpoint
-from napari_vitcam.models.spec import InputSpec, ModelSpec
 from napari_vitcam.models.targets import targets_for
-
-CONFIG = {"img_size": 16, "patch_size": 8, "width": 16, "depth": 2, "heads": 2, "num_classes": 2}
-SPEC = ModelSpec(input=InputSpec(spatial_size=(16, 16, 16)), architecture="ViT3D", arguments=CONFIG)
 
 
 @pytest.fixture

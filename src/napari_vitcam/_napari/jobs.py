@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 from napari.layers import Layer
@@ -36,6 +37,7 @@ from napari_vitcam.pipeline.sweep import SweepAxis, VolumeSweep, sweep_volume
 
 Progress = Callable[[str], None]
 Task = Callable[[Progress, threading.Event], object]
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -186,29 +188,52 @@ def _probed(loaded: LoadedModel) -> list[TargetCandidate]:
         return _probe_targets(loaded)
 
 
+def _read_and_run(
+    request: ExplainRequest, run: Callable[..., R], progress: Progress, cancel: threading.Event, **extra: object
+) -> tuple[np.ndarray, R, float]:
+    """Read the selected voxels and run ``run`` (explain or sweep) on them with the request's settings.
+
+    Args:
+        request: what to read and how to explain it.
+        run: :func:`explain_volume` or :func:`sweep_volume`.
+        progress: called with each stage's name.
+        cancel: set by the user to stop the run.
+        extra: what ``run`` needs besides the request's settings (a sweep's axis).
+
+    Returns:
+        The voxels read, what ``run`` returned and the seconds the reading took.
+
+    Raises:
+        Cancelled: when ``cancel`` was set during the run.
+    """
+    progress("preprocess")
+    start = time.perf_counter()
+    volume = request.selection.read(request.data)
+    read_seconds = time.perf_counter() - start
+    result = run(
+        request.loaded,
+        volume,
+        method=request.method,
+        class_idx=request.class_idx,
+        target_layer=request.target_layer,
+        upsample=request.upsample,
+        device=request.device,
+        affine=request.affine,
+        nonfinite=request.nonfinite,
+        progress=progress,
+        cancel=cancel,
+        **extra,
+    )
+    if cancel.is_set():
+        raise Cancelled("cancelled")
+    return volume, result, read_seconds
+
+
 def explain_task(request: ExplainRequest) -> Task:
     """Read the selected voxels and explain them; the GUI thread places the heatmap."""
 
     def task(progress: Progress, cancel: threading.Event) -> ExplainDone:
-        progress("preprocess")
-        start = time.perf_counter()
-        volume = request.selection.read(request.data)
-        read_seconds = time.perf_counter() - start
-        explanation = explain_volume(
-            request.loaded,
-            volume,
-            target_layer=request.target_layer,
-            class_idx=request.class_idx,
-            method=request.method,
-            upsample=request.upsample,
-            device=request.device,
-            progress=progress,
-            cancel=cancel,
-            nonfinite=request.nonfinite,
-            affine=request.affine,
-        )
-        if cancel.is_set():
-            raise Cancelled("cancelled")
+        volume, explanation, read_seconds = _read_and_run(request, explain_volume, progress, cancel)
         timings = {"read": read_seconds, **explanation.timings}
         checks: tuple[Agreement, ...] = ()
         if request.check and explanation.grid is not None:
@@ -220,26 +245,7 @@ def explain_task(request: ExplainRequest) -> Task:
 
     def sweep(progress: Progress, cancel: threading.Event) -> SweepDone:
         assert request.sweep is not None
-        progress("preprocess")
-        start = time.perf_counter()
-        volume = request.selection.read(request.data)
-        read_seconds = time.perf_counter() - start
-        result = sweep_volume(
-            request.loaded,
-            volume,
-            over=request.sweep,
-            method=request.method,
-            class_idx=request.class_idx,
-            target_layer=request.target_layer,
-            upsample=request.upsample,
-            device=request.device,
-            affine=request.affine,
-            nonfinite=request.nonfinite,
-            progress=progress,
-            cancel=cancel,
-        )
-        if cancel.is_set():
-            raise Cancelled("cancelled")
+        _, result, read_seconds = _read_and_run(request, sweep_volume, progress, cancel, over=request.sweep)
         return SweepDone(request, result, {"read": read_seconds, **result.timings})
 
     return task if request.sweep is None else sweep

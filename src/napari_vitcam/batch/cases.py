@@ -44,6 +44,17 @@ class Case:
     label: str | None = None
     mask: str | None = None
 
+    def record_fields(self) -> dict[str, str | None]:
+        """What a case's ledger record says of the case itself (``case`` is its id)."""
+        return {
+            "case": self.id,
+            "path": self.path,
+            "name": self.name,
+            "key": self.key,
+            "label": self.label,
+            "mask": self.mask,
+        }
+
 
 @dataclass(frozen=True)
 class BatchSettings:

@@ -16,6 +16,7 @@ each with a fair share of torch threads), an existing cluster with
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -25,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from napari_vitcam.batch.cases import BatchSettings, Case, find_cases
 from napari_vitcam.batch.ledger import atomic_write, hold_lock, prepare_outdir, remove_partials, write_record
@@ -40,6 +41,9 @@ from napari_vitcam.pipeline.frame import ModelFrame
 TABLE_FORMATS = ("parquet", "csv")
 METRICS = ("pointing_strict", "pointing_tolerant", "peak_distance", "energy", "iou")
 INSTALL = "pip install 'napari-vitcam[batch]'"
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass
@@ -254,12 +258,7 @@ def _write_table(path: Path, rows: list[dict[str, Any]], table_format: str) -> P
 def _lost_case(outdir: Path, case: Case, settings: BatchSettings, run_id: str, error: BaseException) -> dict[str, Any]:
     """The record of a case whose task failed outside :func:`explain_case` (a worker died, say)."""
     record = {
-        "case": case.id,
-        "path": case.path,
-        "name": case.name,
-        "key": case.key,
-        "label": case.label,
-        "mask": case.mask,
+        **case.record_fields(),
         "status": "error",
         "error": one_line(f"the worker failed ({type(error).__name__}: {error}): rerun to retry", limit=400),
         "heatmap": None,
@@ -270,6 +269,20 @@ def _lost_case(outdir: Path, case: Case, settings: BatchSettings, run_id: str, e
     }
     write_record(outdir, record)
     return {**record, "skipped": False}
+
+
+def _same_arguments(source: Callable[P, Any]) -> Callable[[Callable[..., R]], Callable[P, R]]:
+    """A decorator: the function it decorates takes ``source``'s arguments (for type checkers and ``help``).
+
+    The decorated function passes them on to ``source`` as they came; it keeps its own return type.
+    """
+
+    def same(target: Callable[..., R]) -> Callable[P, R]:
+        returns = inspect.signature(target).return_annotation
+        target.__signature__ = inspect.signature(source).replace(return_annotation=returns)  # type: ignore[attr-defined]
+        return target
+
+    return same
 
 
 def run_batch(
@@ -410,27 +423,8 @@ def _gather(client: Any, cases: list[Case], settings: BatchSettings, run_id: str
     return records
 
 
-def explain_many(
-    checkpoint: str | Path,
-    inputs: str | Path | list[str | Path],
-    outdir: str | Path,
-    *,
-    method: str = "gradcam",
-    target_layer: str | None = None,
-    class_idx: int | str | None = None,
-    upsample: str = "smooth",
-    orientation: str | None = None,
-    nonfinite: str = "error",
-    tolerance: float | None = None,
-    device: str = "auto",
-    trust: bool = False,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    client: Any = None,
-    processes: bool | None = None,
-    table_format: str = "parquet",
-    progress: bool = False,
-):
+@_same_arguments(run_batch)
+def explain_many(*args: Any, **kwargs: Any) -> Any:
     """Explain every scan of a cohort on Dask and return the results table (a pandas DataFrame).
 
     Each scan's heatmap is written to ``OUTDIR/heatmaps/`` (NIfTI with the
@@ -468,26 +462,7 @@ def explain_many(
     """
     import pandas as pd
 
-    run = run_batch(
-        checkpoint,
-        inputs,
-        outdir,
-        method=method,
-        target_layer=target_layer,
-        class_idx=class_idx,
-        upsample=upsample,
-        orientation=orientation,
-        nonfinite=nonfinite,
-        tolerance=tolerance,
-        device=device,
-        trust=trust,
-        workers=workers,
-        scheduler=scheduler,
-        client=client,
-        processes=processes,
-        table_format=table_format,
-        progress=progress,
-    )
+    run = run_batch(*args, **kwargs)
     frame = pd.DataFrame(run.rows)
     frame.attrs["summary"] = run.summary()
     frame.attrs["table"] = str(run.table)

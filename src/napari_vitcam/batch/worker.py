@@ -171,12 +171,7 @@ def explain_case(case: Case, settings: BatchSettings, run_id: str) -> dict[str, 
     worker, _ = _worker()
     started = time.perf_counter()
     record: dict[str, Any] = {
-        "case": case.id,
-        "path": case.path,
-        "name": case.name,
-        "key": case.key,
-        "label": case.label,
-        "mask": case.mask,
+        **case.record_fields(),
         "settings_sha256": settings.digest,
         "run": run_id,
         "worker": worker,

@@ -214,6 +214,83 @@ def upsample_timed(
     return cam
 
 
+@dataclass
+class _Run:
+    """One explanation run, from its start to its :class:`CamResult`: where it runs, what it reports, its stage times.
+
+    Args:
+        device: the model's device (the maps are computed there).
+        report: called with each stage's name.
+        input_shape: the input's voxel shape (D, H, W).
+        upsample: how the token map becomes a voxel map.
+        out_shape: the voxel shape of the map (None: the input's).
+        score_name: the score layer's name, where one is named.
+        timings: seconds per stage, filled as the run goes.
+    """
+
+    device: torch.device
+    report: Progress
+    input_shape: tuple[int, ...]
+    upsample: Upsample
+    out_shape: tuple[int, int, int] | None
+    score_name: str | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def start(
+        cls,
+        model: nn.Module,
+        x: torch.Tensor,
+        progress: Progress | None,
+        upsample: Upsample,
+        out_shape: tuple[int, int, int] | None,
+        score_name: str | None,
+    ) -> _Run:
+        """The run of ``model`` on the (B, C, D, H, W) batch ``x``, on the model's device."""
+        report = progress or (lambda stage: None)
+        input_shape = tuple(int(s) for s in x.shape[2:])
+        return cls(model_device(model), report, input_shape, upsample, out_shape, score_name)
+
+    def result(
+        self,
+        token_cam: torch.Tensor,
+        layout: TokenLayout,
+        scored: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor],
+        target_layer: str,
+        method: str,
+        attention_layers: tuple[str, ...] = (),
+    ) -> CamResult:
+        """The run's result: ``token_cam`` upsampled to voxels (the timed ``upsample`` stage) and what was read.
+
+        Args:
+            token_cam: (B, d, h, w) the map on ``layout``'s grid.
+            layout: how the tokens were read.
+            scored: the scores explained, the model's own output (where a score
+                layer is named) and the class explained per sample.
+            target_layer: what the method read.
+            method: the explainer's registry name.
+            attention_layers: where each block's attention was read (attention methods).
+        """
+        logits, own_logits, classes = scored
+        cam = upsample_timed(
+            token_cam, layout.grid, self.out_shape, self.upsample, self.device, self.report, self.timings
+        )
+        return CamResult(
+            cam=cam,
+            token_cam=token_cam,
+            logits=logits.detach(),
+            output_logits=own_logits,
+            class_idx=classes,
+            target_layer=target_layer,
+            method=method,
+            upsample=self.upsample,
+            layout=layout,
+            score_layer=self.score_name,
+            timings=self.timings,
+            attention_layers=attention_layers,
+        )
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -261,10 +338,7 @@ def grad_cam(
     if not isinstance(x, torch.Tensor) or x.ndim != 5:
         shape = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
         raise InputError(f"x must be a (batch, channels, depth, height, width) tensor, got {shape}")
-    device = model_device(model)
-    timings: dict[str, float] = {}
-    report = progress or (lambda stage: None)
-    input_shape = tuple(int(s) for s in x.shape[2:])
+    run = _Run.start(model, x, progress, upsample, out_shape, score_name)
     patch = find_patch_embedding(model)
 
     with ExitStack() as stack:
@@ -280,17 +354,17 @@ def grad_cam(
         seen = stack.enter_context(capture_outputs(watched))
         stack.enter_context(cancellable(model, cancel))
 
-        report("forward")
+        run.report("forward")
         start = time.perf_counter()
         with torch.no_grad():
-            output = model(x.to(device))
+            output = model(x.to(run.device))
         logits = seen["score"][-1] if score_name is not None else read_logits(output)
         own_logits = _own_logits(output, logits) if score_name is not None else None
         del output
         if logits.ndim != 2:
             raise InputError(f"the score layer output has shape {tuple(logits.shape)}, expected (batch, classes)")
-        _sync(device)
-        timings["forward"] = time.perf_counter() - start
+        _sync(run.device)
+        run.timings["forward"] = time.perf_counter() - start
 
         if not capture.activations:
             raise TargetLayerError(
@@ -309,7 +383,7 @@ def grad_cam(
         activation = capture.activations[0]
         classes = _class_indices(class_idx, logits)
 
-        report("backward")
+        run.report("backward")
         start = time.perf_counter()
         gradient = None
         if explainer.needs_gradients:
@@ -317,30 +391,30 @@ def grad_cam(
             (gradient,) = torch.autograd.grad(score, activation, allow_unused=True)
         if gradient is None:
             gradient = torch.zeros_like(activation)
-        _sync(device)
-        timings["backward"] = time.perf_counter() - start
+        _sync(run.device)
+        run.timings["backward"] = time.perf_counter() - start
 
-        report("map")
+        run.report("map")
         start = time.perf_counter()
         embed_shape = tuple(seen["embed"][-1].shape[2:]) if seen.get("embed") else None
-        grid = _patch_grid(model, input_shape, embed_shape, token_grid)
+        grid = _patch_grid(model, run.input_shape, embed_shape, token_grid)
         if layout == "auto" and activation.ndim == 5:
             calls = len(capture.activations)
             layout = establish_layout(  # type: ignore[assignment]
-                model, x[:1].to(device), target, target_name, tuple(activation.shape), grid, input_shape
+                model, x[:1].to(run.device), target, target_name, tuple(activation.shape), grid, run.input_shape
             )
             del capture.activations[calls:]
         with torch.no_grad():
             tokens, token_layout = as_tokens(
-                activation.detach(), grid, input_shape, layout=layout, module=target, name=target_name
+                activation.detach(), grid, run.input_shape, layout=layout, module=target, name=target_name
             )
             grads, _ = as_tokens(
-                gradient, grid, input_shape, layout=token_layout.layout, module=target, name=target_name
+                gradient, grid, run.input_shape, layout=token_layout.layout, module=target, name=target_name
             )
             degenerate = explainer.needs_gradients and not bool(grads.any())
             if degenerate:
                 stack.close()  # hooks off and model state restored before probing for a working layer
-                working = _suggest_working_target(model, x.to(device), target_name, score_name)
+                working = _suggest_working_target(model, x.to(run.device), target_name, score_name)
                 raise DegenerateTargetError(
                     f"the class score's gradient is zero at every token of {target_name!r} "
                     f"(in a cls-token ViT the patch tokens after the last attention do not reach the score): "
@@ -353,28 +427,14 @@ def grad_cam(
     with torch.no_grad():
         if explainer.needs_forward:
             with eval_mode(model), cancellable(model, cancel):
-                xd = x.to(device)
+                xd = x.to(run.device)
                 scorers = [make_scorer(model, int(c), score_module if score_name else None) for c in classes]
                 inputs = LayerInputs(tokens, grads, scores, xd, scorers, token_layout.grid, batch_size)
                 token_cam = explainer.token_map(inputs)
         else:
             token_cam = explainer.token_map(LayerInputs(tokens, grads, scores))
         token_cam = token_cam.reshape(-1, *token_layout.grid.shape)
-        _sync(device)
-        timings["map"] = time.perf_counter() - start
+        _sync(run.device)
+        run.timings["map"] = time.perf_counter() - start
 
-        cam = upsample_timed(token_cam, token_layout.grid, out_shape, upsample, device, report, timings)
-
-    return CamResult(
-        cam=cam,
-        token_cam=token_cam,
-        logits=logits.detach(),
-        class_idx=classes,
-        target_layer=target_name,
-        method=method,
-        upsample=upsample,
-        layout=token_layout,
-        score_layer=score_name,
-        timings=timings,
-        output_logits=own_logits,
-    )
+        return run.result(token_cam, token_layout, (logits, own_logits, classes), target_name, method)

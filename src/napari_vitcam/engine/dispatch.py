@@ -34,10 +34,10 @@ from napari_vitcam.engine.cam import (
     _class_indices,
     _own_logits,
     _patch_grid,
+    _Run,
     _sync,
     grad_cam,
     make_scorer,
-    upsample_timed,
 )
 from napari_vitcam.engine.capture import cancellable, capture_outputs, eval_mode, model_lock, with_gradients
 from napari_vitcam.engine.explainers.base import (
@@ -49,7 +49,7 @@ from napari_vitcam.engine.explainers.base import (
     PerturbationInputs,
 )
 from napari_vitcam.engine.explainers.registry import get_explainer
-from napari_vitcam.engine.introspect import find_patch_embedding, model_device, read_logits, resolve_module
+from napari_vitcam.engine.introspect import find_patch_embedding, read_logits, resolve_module
 from napari_vitcam.engine.token_grid import Layout, TokenGrid, TokenLayout
 
 ATTENTION_TARGET = "attention, every block"
@@ -214,10 +214,7 @@ def _explain_attention(
 ) -> CamResult:
     x = _check_input(x)
     score_name, score_module = _score_module(model, score_layer)
-    device = model_device(model)
-    report = progress or (lambda stage: None)
-    input_shape = tuple(int(s) for s in x.shape[2:])
-    timings: dict[str, float] = {}
+    run = _Run.start(model, x, progress, upsample, out_shape, score_name)
     with ExitStack() as stack:
         stack.enter_context(eval_mode(model))
         stack.enter_context(torch.inference_mode(False))
@@ -225,14 +222,14 @@ def _explain_attention(
         found = stack.enter_context(capture_attention(model, x.shape[0]))
         seen = stack.enter_context(capture_outputs(_watched(model, score_module)))
         stack.enter_context(cancellable(model, cancel))
-        report("forward")
+        run.report("forward")
         start = time.perf_counter()
-        xd = x.detach().to(device).clone().requires_grad_(True)
+        xd = x.detach().to(run.device).clone().requires_grad_(True)
         logits, own_logits = _scores(model(xd), seen, score_name)
-        _sync(device)
-        timings["forward"] = time.perf_counter() - start
+        _sync(run.device)
+        run.timings["forward"] = time.perf_counter() - start
     tokens = check_attention(found)
-    grid = _grid_or_error(model, input_shape, seen, token_grid)
+    grid = _grid_or_error(model, run.input_shape, seen, token_grid)
     prefix = tokens - grid.n_tokens
     if prefix < 0:
         raise LayoutError(
@@ -241,17 +238,17 @@ def _explain_attention(
         )
     classes = _class_indices(class_idx, logits)
 
-    report("backward")
+    run.report("backward")
     start = time.perf_counter()
     probs = [a.probs for a in found]
     wanted = probs if explainer.needs_gradients else probs[-1:]
     score = logits.gather(1, classes[:, None]).sum()
     grads = torch.autograd.grad(score, wanted, allow_unused=True)
     grads = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(wanted, grads, strict=False))
-    _sync(device)
-    timings["backward"] = time.perf_counter() - start
+    _sync(run.device)
+    run.timings["backward"] = time.perf_counter() - start
 
-    report("map")
+    run.report("map")
     start = time.perf_counter()
     with torch.no_grad():
         readout = readout_from_gradient(grads[-1])
@@ -263,23 +260,12 @@ def _explain_attention(
             grid=grid,
         )
         token_cam = explainer.token_map(inputs).reshape(-1, *grid.shape)
-        _sync(device)
-        timings["map"] = time.perf_counter() - start
-        cam = upsample_timed(token_cam, grid, out_shape, upsample, device, report, timings)
-    return CamResult(
-        cam=cam,
-        token_cam=token_cam,
-        logits=logits.detach(),
-        output_logits=own_logits,
-        class_idx=classes,
-        target_layer=ATTENTION_TARGET,
-        method=explainer.name,
-        upsample=upsample,
-        layout=TokenLayout("tokens", prefix, grid),
-        score_layer=score_name,
-        timings=timings,
-        attention_layers=tuple(a.name for a in found),
-    )
+        _sync(run.device)
+        run.timings["map"] = time.perf_counter() - start
+        scored, layers = (logits, own_logits, classes), tuple(a.name for a in found)
+        return run.result(
+            token_cam, TokenLayout("tokens", prefix, grid), scored, ATTENTION_TARGET, explainer.name, layers
+        )
 
 
 def _explain_perturbation(
@@ -297,24 +283,21 @@ def _explain_perturbation(
 ) -> CamResult:
     x = _check_input(x)
     score_name, score_module = _score_module(model, score_layer)
-    device = model_device(model)
-    report = progress or (lambda stage: None)
-    input_shape = tuple(int(s) for s in x.shape[2:])
-    timings: dict[str, float] = {}
+    run = _Run.start(model, x, progress, upsample, out_shape, score_name)
     with ExitStack() as stack:
         stack.enter_context(eval_mode(model))
         stack.enter_context(torch.no_grad())
-        report("forward")
+        run.report("forward")
         start = time.perf_counter()
-        xd = x.to(device)
+        xd = x.to(run.device)
         with capture_outputs(_watched(model, score_module)) as seen:
             logits, own_logits = _scores(model(xd), seen, score_name)
-        grid = _grid_or_error(model, input_shape, seen, token_grid)
+        grid = _grid_or_error(model, run.input_shape, seen, token_grid)
         classes = _class_indices(class_idx, logits)
-        _sync(device)
-        timings["forward"] = time.perf_counter() - start
+        _sync(run.device)
+        run.timings["forward"] = time.perf_counter() - start
 
-        report("map")
+        run.report("map")
         start = time.perf_counter()
         stack.enter_context(cancellable(model, cancel))
         maps = []
@@ -322,19 +305,7 @@ def _explain_perturbation(
             scorer = make_scorer(model, int(classes[b]), score_module)
             maps.append(explainer.token_map(PerturbationInputs(xd[b : b + 1], scorer, grid, batch_size)))
         token_cam = torch.cat(maps).reshape(-1, *grid.shape)
-        _sync(device)
-        timings["map"] = time.perf_counter() - start
-        cam = upsample_timed(token_cam, grid, out_shape, upsample, device, report, timings)
-    return CamResult(
-        cam=cam,
-        token_cam=token_cam,
-        logits=logits.detach(),
-        output_logits=own_logits,
-        class_idx=classes,
-        target_layer=PERTURBATION_TARGET,
-        method=explainer.name,
-        upsample=upsample,
-        layout=TokenLayout("tokens", 0, grid),
-        score_layer=score_name,
-        timings=timings,
-    )
+        _sync(run.device)
+        run.timings["map"] = time.perf_counter() - start
+        scored = (logits, own_logits, classes)
+        return run.result(token_cam, TokenLayout("tokens", 0, grid), scored, PERTURBATION_TARGET, explainer.name)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from napari_vitcam.core.errors import DeviceOutOfMemoryError, InputError, is_out_of_memory, model_errors_as_input_errors
-from napari_vitcam.core.vocabulary import Triple, class_labels, name_of_class
+from napari_vitcam.core.vocabulary import Triple, Upsample, class_labels, name_of_class
 from napari_vitcam.engine.cam import Progress
 from napari_vitcam.engine.capture import model_lock
 from napari_vitcam.engine.dispatch import explain_tokens
@@ -91,6 +91,65 @@ def spatial_shape(volume) -> Triple | None:
     return (shape[-3], shape[-2], shape[-1]) if len(shape) >= 3 else None
 
 
+@dataclass
+class VolumeRun:
+    """A volume run's checked settings (explain or sweep), from its start to the model's input.
+
+    Args:
+        class_idx: the class as an index (None: the predicted one).
+        upsample: how token maps become voxel maps.
+        nonfinite: what to do with NaN/Inf voxels.
+        device: where the model runs.
+        report: called with each stage's name.
+        volume: the volume in the model's orientation (a view).
+        plan: what brings it to the model and the map back.
+        out_shape: the voxel shape of the maps on the model's side.
+        timings: seconds per stage, filled as the run goes.
+    """
+
+    class_idx: int | None
+    upsample: Upsample
+    nonfinite: NonFinite
+    device: torch.device
+    report: Progress
+    volume: object
+    plan: FramePlan
+    out_shape: Triple | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def check(
+        cls,
+        loaded: LoadedModel,
+        volume: object,
+        class_idx: int | str | None,
+        upsample: str,
+        nonfinite: NonFinite,
+        device: str | torch.device,
+        progress: Progress | None,
+        affine: np.ndarray | None,
+        frame: ModelFrame | None,
+    ) -> VolumeRun:
+        """Check the settings (one-line errors) and bring ``volume`` into the model's frame (as in :func:`explain_volume`)."""
+        index = class_index(class_idx, loaded.spec.class_names)
+        checked_upsample = check_upsample(upsample)
+        checked_nonfinite = check_nonfinite_choice(nonfinite)
+        torch_device = pick_device(device)
+        report = progress or (lambda stage: None)
+        oriented, plan = in_model_frame(volume, affine, frame, loaded)
+        return cls(
+            index, checked_upsample, checked_nonfinite, torch_device, report, oriented, plan, spatial_shape(oriented)
+        )
+
+    def model_input(self, loaded: LoadedModel) -> torch.Tensor:
+        """The ``preprocess`` stage: the volume normalised and fitted to ``loaded``'s input, on the run's device."""
+        self.report("preprocess")
+        start = time.perf_counter()
+        x = prepare_input(self.volume, loaded.spec.input, self.device, nonfinite=self.nonfinite, fit=self.plan.axes)
+        self.timings["preprocess"] = time.perf_counter() - start
+        return x
+
+
 def explain_volume(
     loaded: LoadedModel,
     volume,
@@ -140,19 +199,11 @@ def explain_volume(
     if method != AUTO:
         explainer = get_explainer(method)
         target = _target_for(explainer, target_layer, spec.target_layer)
-    index = class_index(class_idx, spec.class_names)
-    upsample = check_upsample(upsample)
-    nonfinite = check_nonfinite_choice(nonfinite)
-    torch_device = pick_device(device)
-    report = progress or (lambda stage: None)
-    volume, plan = in_model_frame(volume, affine, frame, loaded)
-    out_shape = spatial_shape(volume)
-    timings: dict[str, float] = {}
+    run = VolumeRun.check(loaded, volume, class_idx, upsample, nonfinite, device, progress, affine, frame)
+    index, upsample, torch_device, report = run.class_idx, run.upsample, run.device, run.report
+    volume, plan, out_shape, timings = run.volume, run.plan, run.out_shape, run.timings
     try:
-        report("preprocess")
-        start = time.perf_counter()
-        x = prepare_input(volume, spec.input, torch_device, nonfinite=nonfinite, fit=plan.axes)
-        timings["preprocess"] = time.perf_counter() - start
+        x = run.model_input(loaded)
         if method == AUTO:  # chosen once the volume is known to be usable: choosing runs the model
             choice = method_for(loaded)
             method = choice.method

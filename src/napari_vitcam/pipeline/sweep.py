@@ -28,14 +28,9 @@ from napari_vitcam.models.loaded_model import LoadedModel
 from napari_vitcam.pipeline.checks import (
     NonFinite,
     check_finite_output,
-    check_nonfinite_choice,
-    check_upsample,
-    class_index,
 )
-from napari_vitcam.pipeline.devices import pick_device
-from napari_vitcam.pipeline.explain import in_model_frame, spatial_shape
+from napari_vitcam.pipeline.explain import VolumeRun
 from napari_vitcam.pipeline.frame import ModelFrame
-from napari_vitcam.pipeline.preprocess import prepare_input
 
 SweepAxis = Literal["blocks", "classes"]
 SWEEP_AXES: tuple[SweepAxis, ...] = get_args(SweepAxis)
@@ -127,18 +122,10 @@ def sweep_volume(
     target = target_layer or spec.target_layer
     if over == "classes" and isinstance(explainer, LayerExplainer) and not target:
         raise InputError("no target layer given and the checkpoint recommends none: pass target_layer")
-    index = class_index(class_idx, spec.class_names)
-    upsample = check_upsample(upsample)
-    nonfinite = check_nonfinite_choice(nonfinite)
-    torch_device = pick_device(device)
-    report = progress or (lambda stage: None)
-    oriented, plan = in_model_frame(volume, affine, frame, loaded)
-    out_shape = spatial_shape(oriented)
-    timings: dict[str, float] = {}
-    report("preprocess")
-    start = time.perf_counter()
-    x = prepare_input(oriented, spec.input, torch_device, nonfinite=nonfinite, fit=plan.axes)
-    timings["preprocess"] = time.perf_counter() - start
+    run = VolumeRun.check(loaded, volume, class_idx, upsample, nonfinite, device, progress, affine, frame)
+    index, upsample, torch_device, report = run.class_idx, run.upsample, run.device, run.report
+    plan, out_shape, timings = run.plan, run.out_shape, run.timings
+    x = run.model_input(loaded)
     shape = out_shape if plan.placement is None else None
     report("forward")
     with model_lock(loaded.model), model_errors_as_input_errors(tuple(x.shape)):

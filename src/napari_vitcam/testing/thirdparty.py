@@ -35,43 +35,37 @@ def vit_pytorch_module(name: str) -> ModuleType:
     return module
 
 
+def _small_vit_pytorch(
+    module_name: str, class_name: str, size: int, patch: int, frame_patch: int, depth: int, **extra: object
+) -> nn.Module:
+    """A small vit-pytorch 3D model (two classes, width 32, two heads) on one-channel cubes of ``size`` voxels."""
+    model_class = getattr(vit_pytorch_module(module_name), class_name)
+    return model_class(
+        image_size=size,
+        image_patch_size=patch,
+        frames=size,
+        frame_patch_size=frame_patch,
+        num_classes=2,
+        dim=32,
+        depth=depth,
+        heads=2,
+        mlp_dim=64,
+        channels=1,
+        dim_head=16,
+        **extra,
+    )
+
+
 def vit_pytorch_vit(
     size: int = 16, patch: int = 4, frame_patch: int = 4, depth: int = 2, pool: str = "cls"
 ) -> nn.Module:
     """A small ``vit_pytorch.vit_3d.ViT`` on one-channel cubes of ``size`` voxels."""
-    module = vit_pytorch_module("vit_3d")
-    return module.ViT(
-        image_size=size,
-        image_patch_size=patch,
-        frames=size,
-        frame_patch_size=frame_patch,
-        num_classes=2,
-        dim=32,
-        depth=depth,
-        heads=2,
-        mlp_dim=64,
-        pool=pool,
-        channels=1,
-        dim_head=16,
-    )
+    return _small_vit_pytorch("vit_3d", "ViT", size, patch, frame_patch, depth, pool=pool)
 
 
 def vit_pytorch_simple_vit(size: int = 16, patch: int = 4, frame_patch: int = 4, depth: int = 2) -> nn.Module:
     """A small ``vit_pytorch.simple_vit_3d.SimpleViT`` (mean-pooled, no cls token) on one-channel cubes."""
-    module = vit_pytorch_module("simple_vit_3d")
-    return module.SimpleViT(
-        image_size=size,
-        image_patch_size=patch,
-        frames=size,
-        frame_patch_size=frame_patch,
-        num_classes=2,
-        dim=32,
-        depth=depth,
-        heads=2,
-        mlp_dim=64,
-        channels=1,
-        dim_head=16,
-    )
+    return _small_vit_pytorch("simple_vit_3d", "SimpleViT", size, patch, frame_patch, depth)
 
 
 def monai_vit(size: int = 16, patch: int = 4, depth: int = 2, flash: bool = False) -> nn.Module:
