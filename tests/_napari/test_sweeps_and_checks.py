@@ -1,9 +1,14 @@
 """The widget's sweeps (every block, every class as one 4D layer) and the check of each map against the model."""
 
+import threading
+
 import numpy as np
 import pytest
 
+from napari_vitcam._napari.jobs import ExplainRequest, explain_task
+from napari_vitcam._napari.layer_input import VolumeSelection
 from napari_vitcam._napari.widget import SWEEP_BLOCKS, SWEEP_CLASSES, VitcamWidget
+from napari_vitcam.core.errors import Cancelled
 from napari_vitcam.models.loaded_model import LoadedModel
 from napari_vitcam.models.spec import InputSpec, ModelSpec, Normalization
 from napari_vitcam.pipeline.explain import explain_volume
@@ -133,3 +138,32 @@ def test_a_map_that_ignores_the_model_is_flagged(qtbot, widget):
     widget.check_box.setChecked(False)
     layer = run(qtbot, widget)
     assert "model_check" not in layer.metadata and widget.check_label.text() == ""
+
+
+def test_cancel_during_the_check_cancels_the_run(widget):
+    model, loaded = reader_model()
+    source = widget.viewer.add_image(distracted_volume(model), name="scan")
+    request = ExplainRequest(
+        loaded=loaded,
+        source=source,
+        data=source.data,
+        selection=VolumeSelection("scan", source.data.shape),
+        target_layer="embed",
+        class_idx=1,
+        method="hirescam",
+        upsample="smooth",
+        device="cpu",
+    )
+    cancel = threading.Event()
+    stages: list[str] = []
+
+    def progress(stage: str) -> None:
+        stages.append(stage)
+        if stage == "check":  # the map is made; Cancel is pressed while it is checked
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        explain_task(request)(progress, cancel)
+    assert stages[-1] == "check"
+    done = explain_task(request)(lambda stage: None, threading.Event())  # uncancelled, the same request is checked
+    assert len(done.checks) == 2

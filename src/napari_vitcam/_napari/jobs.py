@@ -239,7 +239,7 @@ def explain_task(request: ExplainRequest) -> Task:
         if request.check and explanation.grid is not None:
             progress("check")
             start = time.perf_counter()
-            checks = _model_checks(request, volume, explanation)
+            checks = _model_checks(request, volume, explanation, cancel)
             timings["check"] = time.perf_counter() - start
         return ExplainDone(request, explanation, explanation.heatmap, timings, checks)
 
@@ -251,15 +251,22 @@ def explain_task(request: ExplainRequest) -> Task:
     return task if request.sweep is None else sweep
 
 
-def _model_checks(request: ExplainRequest, volume: np.ndarray, explanation: VolumeExplanation) -> tuple[Agreement, ...]:
-    """The agreement check of the map with the model, once per baseline, on the exact input the model saw."""
+def _model_checks(
+    request: ExplainRequest, volume: np.ndarray, explanation: VolumeExplanation, cancel: threading.Event
+) -> tuple[Agreement, ...]:
+    """The agreement check of the map with the model, once per baseline, on the exact input the model saw.
+
+    Cancel stops it between batches (and with it the run).
+    """
     assert explanation.grid is not None
     model = request.loaded.model
     x = model_input(
         request.loaded, volume, device=explanation.device, affine=request.affine, nonfinite=request.nonfinite
     )
     return tuple(
-        agreement(model, x, explanation.token_cam, explanation.grid, explanation.class_idx, baseline=baseline)
+        agreement(
+            model, x, explanation.token_cam, explanation.grid, explanation.class_idx, baseline=baseline, cancel=cancel
+        )
         for baseline in CHECK_BASELINES
     )
 
