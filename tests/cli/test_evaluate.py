@@ -156,3 +156,74 @@ def test_a_reference_baseline_is_recorded(tmp_path, reader_file):
     assert evaluate(reader_file, volumes, masks, output, *argv) == 0
     (row,) = read_rows(output)
     assert row["baseline"] == "reference" and row["deletion_beats_random"] == "yes"
+
+
+def test_a_volume_with_nan_is_refused_before_any_model_is_loaded(tmp_path, capsys):
+    volumes, masks = write_cases(tmp_path, count=3)
+    broken = np.load(volumes / "case2.npy")
+    broken[1, 2, 3] = np.nan
+    np.save(volumes / "case2.npy", broken)
+    output = tmp_path / "results.csv"
+    assert evaluate(tmp_path / "never-read.pt", volumes, masks, output) == 1  # the missing checkpoint is not reached
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "case 'case2'" in err[0] and "1 NaN" in err[0] and "nonfinite=replace" in err[0]
+    assert not output.exists()
+
+
+def test_nonfinite_replace_evaluates_a_volume_with_nan(tmp_path, reader_file):
+    volumes, masks = write_cases(tmp_path, count=1)
+    broken = np.load(volumes / "case0.npy")
+    broken[0, 0, 0] = np.nan
+    np.save(volumes / "case0.npy", broken)
+    output = tmp_path / "results.csv"
+    assert evaluate(reader_file, volumes, masks, output, "--no-randomization", "--nonfinite", "replace") == 0
+    (row,) = read_rows(output)
+    assert row["pointing_strict"] == "1" and np.isnan(np.load(volumes / "case0.npy")[0, 0, 0])  # file untouched
+
+
+def test_method_auto_is_the_models_default_explainer(tmp_path):
+    from napari_vitcam.demo.shipped import SHIPPED_CLS_CHECKPOINT
+    from napari_vitcam.demo.volumes import make_volume
+    from napari_vitcam.models.targets import method_for
+
+    (tmp_path / "v").mkdir()
+    (tmp_path / "m").mkdir()
+    demo = make_volume(0)
+    np.save(tmp_path / "v" / "case0.npy", demo.volume)
+    np.save(tmp_path / "m" / "case0.npy", demo.mask.astype(np.uint8))
+    output = tmp_path / "results.csv"
+    argv = ["evaluate", str(SHIPPED_CLS_CHECKPOINT), "--volumes", str(tmp_path / "v"), "--masks", str(tmp_path / "m")]
+    assert main([*argv, "-o", str(output), "--method", "auto", "--no-randomization", "--steps", "4"]) == 0
+    (row,) = read_rows(output)
+    expected = method_for(load_checkpoint(SHIPPED_CLS_CHECKPOINT)).method
+    assert row["method"] == expected == "rollout"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--class", "7", "class index 7 is out of range"),
+        ("--class", "tumour", "unknown class 'tumour'"),
+        ("--target", "nowhere", "no module named 'nowhere'"),
+        ("--device", "banana", "unknown device 'banana'"),
+    ],
+)
+def test_a_wrong_class_target_or_device_is_one_line_before_the_first_case(
+    tmp_path, reader_file, capsys, option, value, expected
+):
+    volumes, masks = write_cases(tmp_path, count=2)
+    output = tmp_path / "results.csv"
+    argv = ["evaluate", str(reader_file), "--trust", "--volumes", str(volumes), "--masks", str(masks)]
+    assert main([*argv, "-o", str(output), "--method", "hirescam", option, value]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("napari-vitcam evaluate: ") and expected in err[0]
+    assert "case" not in err[0]  # not a problem of one case: said before any case runs
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("option", ["--steps", "--random-orders", "--batch-size"])
+def test_a_count_below_one_names_its_option(tmp_path, capsys, option):
+    volumes, masks = write_cases(tmp_path, count=1)
+    assert evaluate(tmp_path / "never-read.pt", volumes, masks, tmp_path / "r.csv", option, "0") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"napari-vitcam evaluate: {option} 0: give at least 1"]

@@ -3,9 +3,12 @@
 Volumes and masks are paired by file name (``case1.nii.gz`` in ``--volumes``
 with ``case1.nii.gz`` or ``case1.npy`` in ``--masks``). Everything is checked
 before the model runs: every volume and mask is read, each volume has its
-mask, shapes (and, with geometry, affines) agree, the output is not an input
-and does not exist (unless ``--force``). Then for each case the volume is
-explained and the map is evaluated:
+mask, shapes (and, with geometry, affines) agree, no volume holds NaN/Inf
+voxels (unless ``--nonfinite replace``), the output is not an input and does
+not exist (unless ``--force``); once the model is loaded, ``--class``,
+``--target`` and ``--device`` are checked against it. Then for each case the
+volume is explained (``--method auto``: the explainer chosen for this kind of
+model) and the map is evaluated:
 
 * against the mask: pointing game (strict, and within half a patch), energy
   pointing, best-threshold IoU, per label (distances in mm where the files
@@ -34,8 +37,11 @@ import numpy as np
 
 from napari_vitcam.core.errors import InputError, VitcamError
 from napari_vitcam.core.vocabulary import UPSAMPLE_MODES, one_line
-from napari_vitcam.engine.explainers.registry import get_explainer
+from napari_vitcam.engine.explainers import EXPLAINERS
+from napari_vitcam.engine.introspect import resolve_module
 from napari_vitcam.evaluation.faithfulness import BASELINES
+from napari_vitcam.pipeline.checks import NONFINITE_CHOICES, NonFinite, class_index, finite_volume
+from napari_vitcam.pipeline.devices import pick_device
 from napari_vitcam.volumes.base import Volume, path_suffix
 from napari_vitcam.volumes.geometry import permuted, world_view
 from napari_vitcam.volumes.registry import READERS, read_volume, reader_for
@@ -139,8 +145,16 @@ def _mask_array(mask: Volume, name: str) -> np.ndarray:
     return values
 
 
-def read_case(name: str, volume_path: Path, mask_path: Path) -> Case:
-    """Read a volume and its mask and check that they lie on the same grid."""
+def _check_finite(name: str, values: np.ndarray, nonfinite: NonFinite) -> None:
+    try:
+        finite_volume(np.array(values, dtype=np.float32), values, nonfinite)  # a copy: the case keeps its values
+    except VitcamError as error:
+        raise type(error)(f"case {name!r}: {error}") from None
+
+
+def read_case(name: str, volume_path: Path, mask_path: Path, nonfinite: NonFinite = "error") -> Case:
+    """Read a volume and its mask and check that they lie on the same grid (and, with
+    ``nonfinite="error"``, that the volume has no NaN/Inf voxel)."""
     volume = read_volume(volume_path)
     mask = read_volume(mask_path)
     if mask.array.ndim != 3:
@@ -157,6 +171,7 @@ def read_case(name: str, volume_path: Path, mask_path: Path) -> Case:
         raise InputError(
             f"case {name!r}: the mask's affine differs from the volume's: resample the mask onto the volume's grid"
         )
+    _check_finite(name, np.asarray(volume.array), nonfinite)
     view = world_view(volume.array, volume.affine)
     view_affine = volume.affine
     if volume.affine is not None and volume.array.ndim == 3:
@@ -165,7 +180,7 @@ def read_case(name: str, volume_path: Path, mask_path: Path) -> Case:
     return Case(name, volume_path, mask_path, view.array, mask_view.array, _spacing(view.affine), view_affine)
 
 
-def pair_cases(volumes: Path, masks: Path) -> list[Case]:
+def pair_cases(volumes: Path, masks: Path, nonfinite: NonFinite = "error") -> list[Case]:
     """Every volume with its mask, read and checked (before any model runs)."""
     found = list_cases(volumes, "volume")
     mask_files = list_cases(masks, "mask")
@@ -175,7 +190,7 @@ def pair_cases(volumes: Path, masks: Path) -> list[Case]:
         raise InputError(
             f"no mask in {masks} for {len(missing)} case(s): {listed}: give each a mask with the same file name"
         )
-    return [read_case(name, path, mask_files[name]) for name, path in found.items()]
+    return [read_case(name, path, mask_files[name], nonfinite) for name, path in found.items()]
 
 
 def check_output(output: Path, inputs: Sequence[Path], force: bool) -> None:
@@ -231,6 +246,7 @@ def evaluate_case(loaded, case: Case, args: argparse.Namespace) -> list[dict[str
         upsample=args.upsample,
         device=args.device,
         affine=case.affine,
+        nonfinite=args.nonfinite,
     )
     masks = against_mask(explanation, case.mask, spacing=case.spacing)
     curves = against_model(
@@ -242,9 +258,14 @@ def evaluate_case(loaded, case: Case, args: argparse.Namespace) -> list[dict[str
         steps=args.steps,
         random_orders=args.random_orders,
         batch_size=args.batch_size,
+        nonfinite=args.nonfinite,
         affine=case.affine,
     )
-    chance = None if args.no_randomization else against_chance(loaded, case.volume, explanation, affine=case.affine)
+    chance = (
+        None
+        if args.no_randomization
+        else against_chance(loaded, case.volume, explanation, nonfinite=args.nonfinite, affine=case.affine)
+    )
     common: dict[str, object] = {
         "case": case.name,
         "volume": case.volume_path.name,
@@ -312,7 +333,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("checkpoint", type=Path, help="native checkpoint, MONAI bundle folder or weights file")
     parser.add_argument("--volumes", type=Path, required=True, help="folder of volumes (.npy, .npz, NIfTI, DICOM)")
     parser.add_argument("--masks", type=Path, required=True, help="folder of label masks, same file names")
-    parser.add_argument("--method", default="gradcam")
+    parser.add_argument(
+        "--method",
+        default="gradcam",
+        help=f"explainer: auto (the one chosen for this kind of model, see docs/evaluation.md) or one of "
+        f"{', '.join(EXPLAINERS)} (default: gradcam)",
+    )
     parser.add_argument("--target", default=None, help="target layer (default: the checkpoint's recommendation)")
     parser.add_argument("--class", dest="class_idx", default=None, help="class name or index (default: predicted)")
     parser.add_argument("--upsample", default="smooth", choices=UPSAMPLE_MODES)
@@ -322,6 +348,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--random-orders", type=int, default=3, help="random orders in the band")
     parser.add_argument("--batch-size", type=int, default=8, help="perturbed inputs per forward pass")
     parser.add_argument("--no-randomization", action="store_true", help="skip the randomisation test")
+    parser.add_argument(
+        "--nonfinite",
+        default="error",
+        choices=NONFINITE_CHOICES,
+        help="NaN/Inf voxels: refuse the volume (error, the default) or replace them "
+        "(NaN by 0, ±Inf by the volume's finite extremes)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("-o", "--output", type=Path, default=Path("results.csv"), help="CSV file (default results.csv)")
     parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
@@ -335,12 +368,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.steps < 1 or args.random_orders < 1 or args.batch_size < 1:
-            raise InputError("--steps, --random-orders and --batch-size must be at least 1")
-        get_explainer(args.method)  # an unknown method is refused before anything is read
+        for option in ("steps", "random_orders", "batch_size"):
+            if getattr(args, option) < 1:
+                raise InputError(f"--{option.replace('_', '-')} {getattr(args, option)}: give at least 1")
+        if args.method != "auto" and args.method not in EXPLAINERS:  # refused before anything is read
+            raise InputError(f"unknown method {args.method!r}: choose auto or one of {', '.join(EXPLAINERS)}")
+        pick_device(args.device)  # an unknown or absent device too
         if args.baseline == "reference" and args.reference is None:
             raise InputError("--baseline reference needs --reference FILE (e.g. a healthy scan on the same grid)")
-        cases = pair_cases(args.volumes, args.masks)
+        cases = pair_cases(args.volumes, args.masks, args.nonfinite)
         inputs = [args.checkpoint, *(c.volume_path for c in cases), *(c.mask_path for c in cases)]
         if args.reference is not None:
             inputs.append(args.reference)
@@ -358,6 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from napari_vitcam.models.checkpoint import load_checkpoint
 
         loaded = load_checkpoint(args.checkpoint, trust=args.trust)
+        class_index(args.class_idx, loaded.spec.class_names)  # the model's classes and layers, before any case
+        if args.target is not None:
+            resolve_module(loaded.model, args.target)
         rows: list[dict[str, object]] = []
         for number, case in enumerate(cases, 1):
             print(f"\r{number}/{len(cases)} {case.name}", end="", file=sys.stderr, flush=True)
