@@ -114,6 +114,16 @@ def test_unknown_target_suggests_names():
         nv.grad_cam(model, torch.randn(1, 1, 16, 16, 16), "blocks.1.norm")
 
 
+def test_unknown_target_without_a_close_name_lists_the_models_own_modules():
+    model = nv.ViT3D(img_size=16, patch_size=8, width=32, depth=2, heads=2)
+    with pytest.raises(nv.TargetLayerError) as info:
+        nv.grad_cam(model, torch.randn(1, 1, 16, 16, 16), "zzz")
+    message = str(info.value)
+    top = ", ".join(name for name, _ in model.named_children())
+    assert f"its top-level modules are {top}" in message and "e.g. 'blocks.0'" in message
+    assert "\n" not in message
+
+
 def test_module_object_as_target():
     model = nv.ViT3D(img_size=16, patch_size=8, width=32, depth=2, heads=2)
     result = nv.grad_cam(model, torch.randn(1, 1, 16, 16, 16), model.blocks[0].norm1)

@@ -28,8 +28,22 @@ def resolve_module(model: nn.Module, layer: str | nn.Module, what: str = "target
     if layer in names and layer != "":
         return layer, names[layer]
     close = difflib.get_close_matches(layer, [n for n in names if n], n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; list them with model.named_modules()"
-    raise TargetLayerError(f"the model has no module named {layer!r}{hint}")
+    raise TargetLayerError(f"the model has no module named {layer!r}{_names_hint(model, close)}")
+
+
+def _names_hint(model: nn.Module, close: list[str]) -> str:
+    """Close names, else the model's own top-level modules and a dotted example: what to type instead."""
+    if close:
+        return f"; did you mean {', '.join(close)}?"
+    top = [name for name, _ in model.named_children()]
+    if not top:
+        return "; the model has no submodules to name"
+    shown = ", ".join(top[:12]) + (", …" if len(top) > 12 else "")
+    names = [name for name, _ in model.named_modules()]
+    blocks = [name for name in names if re.fullmatch(r"[^.]+\.\d+", name)]  # the first block of a stack
+    dotted = next(iter(blocks or [name for name in names if "." in name]), None)
+    example = f" (name a submodule with dots, e.g. {dotted!r})" if dotted else ""
+    return f"; its top-level modules are {shown}{example}"
 
 
 def model_device(model: nn.Module) -> torch.device:
