@@ -64,3 +64,21 @@ def test_explain_imports_neither_qt_nor_napari(tmp_path, checkpoint):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "IMPORTED []" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ((), "the volume has non-finite values: 1 of 4096 voxels are not finite (1 NaN; the first at index (1, 2, 3))"),
+        (("--nonfinite", "replace", "--device", "banana"), "unknown device 'banana'"),
+    ],
+)
+def test_nan_voxels_and_an_unknown_device_are_refused_before_the_checkpoint_is_read(tmp_path, capsys, extra, expected):
+    volume = np.zeros((16, 16, 16), np.float32)
+    volume[1, 2, 3] = np.nan
+    np.save(tmp_path / "scan.npy", volume)
+    never_read = tmp_path / "model.safetensors"  # absent: reading it would be the error
+    assert main(["explain", str(never_read), str(tmp_path / "scan.npy"), "-o", str(tmp_path / "h.npy"), *extra]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("napari-vitcam explain: ") and expected in err and "\n" not in err
+    assert not (tmp_path / "h.npy").exists()

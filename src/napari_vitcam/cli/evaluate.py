@@ -40,7 +40,7 @@ from napari_vitcam.core.vocabulary import UPSAMPLE_MODES, one_line
 from napari_vitcam.engine.explainers import EXPLAINERS
 from napari_vitcam.engine.introspect import resolve_module
 from napari_vitcam.evaluation.faithfulness import BASELINES
-from napari_vitcam.pipeline.checks import NONFINITE_CHOICES, NonFinite, class_index, finite_volume
+from napari_vitcam.pipeline.checks import NONFINITE_CHOICES, NonFinite, check_volume_finite, class_index
 from napari_vitcam.pipeline.devices import pick_device
 from napari_vitcam.volumes.base import Volume, path_suffix
 from napari_vitcam.volumes.geometry import permuted, world_view
@@ -147,7 +147,7 @@ def _mask_array(mask: Volume, name: str) -> np.ndarray:
 
 def _check_finite(name: str, values: np.ndarray, nonfinite: NonFinite) -> None:
     try:
-        finite_volume(np.array(values, dtype=np.float32), values, nonfinite)  # a copy: the case keeps its values
+        check_volume_finite(values, nonfinite)
     except VitcamError as error:
         raise type(error)(f"case {name!r}: {error}") from None
 
