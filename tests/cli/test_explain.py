@@ -82,3 +82,14 @@ def test_nan_voxels_and_an_unknown_device_are_refused_before_the_checkpoint_is_r
     err = capsys.readouterr().err.strip()
     assert err.startswith("napari-vitcam explain: ") and expected in err and "\n" not in err
     assert not (tmp_path / "h.npy").exists()
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path, checkpoint):
+    np.save(tmp_path / "scan.npy", np.zeros((16, 16, 16), np.float32))
+    argv = [sys.executable, "-m", "napari_vitcam.cli.main", "explain", str(checkpoint), str(tmp_path / "scan.npy")]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # as `| head -0` does: the JSON summary has nowhere to go
+    err = process.stderr.read().decode()
+    assert process.wait() == 141 and "Traceback" not in err and err == ""
+    assert np.load(tmp_path / "scan.heatmap.npy").shape == (16, 16, 16)  # the heatmap was written all the same
