@@ -227,3 +227,37 @@ def test_a_count_below_one_names_its_option(tmp_path, capsys, option):
     assert evaluate(tmp_path / "never-read.pt", volumes, masks, tmp_path / "r.csv", option, "0") == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"napari-vitcam evaluate: {option} 0: give at least 1"]
+
+
+def test_ctrl_c_is_one_line_and_leaves_no_output(tmp_path, reader_file):
+    import signal
+    import subprocess
+    import sys
+
+    volumes, masks = write_cases(tmp_path, count=40)  # far more work than the time it takes to interrupt it
+    output = tmp_path / "results.csv"
+    argv = [
+        "evaluate",
+        str(reader_file),
+        "--trust",
+        "--volumes",
+        str(volumes),
+        "--masks",
+        str(masks),
+        "-o",
+        str(output),
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "napari_vitcam.cli.main", *argv], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
+    assert process.stderr is not None
+    seen = b""
+    while b"1/40" not in seen:  # the first case has started: the model is loaded and working
+        chunk = process.stderr.read(1)
+        assert chunk, f"ended before the first case: {seen!r}"
+        seen += chunk
+    process.send_signal(signal.SIGINT)
+    err = (seen + process.stderr.read()).decode()
+    assert process.wait() == 130
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "napari-vitcam evaluate: interrupted"
+    assert not output.exists() and not list(tmp_path.glob(".results.csv.*"))

@@ -39,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(SUBCOMMANDS[args.command][0])
     try:
         return int(module.main(argv[1:]) or 0)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback through whatever was running
+        print(f"\nnapari-vitcam {args.command}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # stdout closed early (`| head`): the work is done, the reader wants no more
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush does not fail again
