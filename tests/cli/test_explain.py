@@ -93,3 +93,14 @@ def test_a_reader_that_stops_early_gets_no_traceback(tmp_path, checkpoint):
     err = process.stderr.read().decode()
     assert process.wait() == 141 and "Traceback" not in err and err == ""
     assert np.load(tmp_path / "scan.heatmap.npy").shape == (16, 16, 16)  # the heatmap was written all the same
+
+
+def test_the_summary_names_the_method_auto_chose(tmp_path, capsys):
+    from napari_vitcam.demo.shipped import SHIPPED_CLS_CHECKPOINT
+    from napari_vitcam.demo.volumes import make_volume
+
+    np.save(tmp_path / "scan.npy", make_volume(0, 32).volume)
+    argv = ["explain", str(SHIPPED_CLS_CHECKPOINT), str(tmp_path / "scan.npy"), "--method", "auto"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["method"] == "rollout" and summary["target_layer"] == "attention, every block"

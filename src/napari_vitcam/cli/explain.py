@@ -161,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "volume": volume.describe(),
             "predicted": result.predicted_name,
             "explained_class": result.class_name,
+            "method": result.method,
             "target_layer": result.target_layer,
             "raw_max": result.raw_max,
             "probabilities": dict(result.ranked_probabilities),
