@@ -261,3 +261,11 @@ def test_ctrl_c_is_one_line_and_leaves_no_output(tmp_path, reader_file):
     assert process.wait() == 130
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "napari-vitcam evaluate: interrupted"
     assert not output.exists() and not list(tmp_path.glob(".results.csv.*"))
+
+
+def test_an_output_under_a_file_is_refused_as_such(tmp_path, capsys):
+    volumes, masks = write_cases(tmp_path, count=1)
+    output = volumes / "case0.npy" / "results.csv"
+    assert evaluate(tmp_path / "never-read.pt", volumes, masks, output) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"napari-vitcam evaluate: {volumes / 'case0.npy'} is a file, not a folder: choose another output"

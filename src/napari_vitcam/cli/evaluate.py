@@ -197,6 +197,8 @@ def check_output(output: Path, inputs: Sequence[Path], force: bool) -> None:
     """The output is a .csv in an existing folder, is no input, and exists only with ``force``."""
     if output.suffix.lower() != ".csv":
         raise InputError(f"the output {output.name} is not a .csv file: name it e.g. results.csv")
+    if output.parent.exists() and not output.parent.is_dir():
+        raise InputError(f"{output.parent} is a file, not a folder: choose another output")
     if not output.parent.resolve().is_dir():
         raise InputError(f"the output folder {output.parent} does not exist: create it first")
     resolved = output.resolve()
