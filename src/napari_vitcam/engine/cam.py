@@ -23,6 +23,7 @@ from napari_vitcam.engine.capture import cancellable, capture_as_leaf, capture_o
 from napari_vitcam.engine.explainers.base import LayerExplainer, LayerInputs, Scorer
 from napari_vitcam.engine.explainers.registry import get_explainer
 from napari_vitcam.engine.introspect import (
+    check_input,
     declared_patch_size,
     find_patch_embedding,
     model_device,
@@ -217,30 +218,6 @@ def upsample_timed(
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def check_input(x: object) -> torch.Tensor:
-    """``x`` if it is a finite (batch, channels, depth, height, width) tensor, else one-line :class:`InputError`.
-
-    A NaN or ±Inf value would flow through the model into NaN logits and a NaN
-    map, a result that looks like an answer; it is refused with the count and
-    the first index instead.
-    """
-    if not isinstance(x, torch.Tensor):
-        what = f"a {type(x).__module__.split('.')[0]}.{type(x).__name__}" if hasattr(x, "shape") else type(x).__name__
-        raise InputError(f"x is {what}, not a torch tensor: give a (batch, channels, depth, height, width) tensor")
-    if x.ndim != 5:
-        raise InputError(f"x must be a (batch, channels, depth, height, width) tensor, got {tuple(x.shape)}")
-    if x.is_floating_point() or x.is_complex():
-        finite = torch.isfinite(x)
-        if not bool(finite.all()):
-            bad = ~finite
-            first = tuple(int(i) for i in torch.nonzero(bad)[0].tolist())
-            raise InputError(
-                f"x holds {int(bad.sum())} non-finite value(s) (NaN or ±Inf), the first at index {first}: "
-                "give finite values (explain_volume can replace them: nonfinite='replace')"
-            )
-    return x
 
 
 def grad_cam(
