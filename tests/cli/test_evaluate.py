@@ -269,3 +269,27 @@ def test_an_output_under_a_file_is_refused_as_such(tmp_path, capsys):
     assert evaluate(tmp_path / "never-read.pt", volumes, masks, output) == 1
     err = capsys.readouterr().err.strip()
     assert err == f"napari-vitcam evaluate: {volumes / 'case0.npy'} is a file, not a folder: choose another output"
+
+
+def test_checking_a_cohort_keeps_none_of_its_arrays_in_memory(tmp_path):
+    import tracemalloc
+
+    from napari_vitcam.cli.evaluate import pair_cases
+
+    volumes, masks = tmp_path / "volumes", tmp_path / "masks"
+    volumes.mkdir()
+    masks.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(8):  # 1 MiB per volume and 1/4 MiB per mask: 10 MiB if all were kept
+        np.save(volumes / f"case{index}.npy", rng.normal(size=(64, 64, 64)).astype(np.float32))
+        np.save(masks / f"case{index}.npy", (rng.random((64, 64, 64)) > 0.5).astype(np.uint8))
+    tracemalloc.start()
+    try:
+        cases = pair_cases(volumes, masks)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 1 << 20  # less than one volume: each case is read again when its turn comes
+    assert [c.name for c in cases] == [f"case{i}" for i in range(8)] and cases[0].shape == (64, 64, 64)
+    case = cases[3].read()
+    np.testing.assert_array_equal(case.volume, np.load(volumes / "case3.npy"))

@@ -180,8 +180,27 @@ def read_case(name: str, volume_path: Path, mask_path: Path, nonfinite: NonFinit
     return Case(name, volume_path, mask_path, view.array, mask_view.array, _spacing(view.affine), view_affine)
 
 
-def pair_cases(volumes: Path, masks: Path, nonfinite: NonFinite = "error") -> list[Case]:
-    """Every volume with its mask, read and checked (before any model runs)."""
+@dataclass(frozen=True)
+class CaseFiles:
+    """A case's files, read and checked once; :func:`read_case` reads them again when the case's turn comes."""
+
+    name: str
+    volume_path: Path
+    mask_path: Path
+    shape: tuple[int, ...]
+    """The volume's shape in world axis order (as napari shows it)."""
+
+    def read(self, nonfinite: NonFinite = "error") -> Case:
+        """The case's arrays, as :func:`read_case` gives them."""
+        return read_case(self.name, self.volume_path, self.mask_path, nonfinite)
+
+
+def pair_cases(volumes: Path, masks: Path, nonfinite: NonFinite = "error") -> list[CaseFiles]:
+    """Every volume with its mask, read and checked (before any model runs).
+
+    Only the paths and shapes are kept: a cohort's arrays are never all in
+    memory at once, each case is read again when it is evaluated.
+    """
     found = list_cases(volumes, "volume")
     mask_files = list_cases(masks, "mask")
     missing = [name for name in found if name not in mask_files]
@@ -190,7 +209,12 @@ def pair_cases(volumes: Path, masks: Path, nonfinite: NonFinite = "error") -> li
         raise InputError(
             f"no mask in {masks} for {len(missing)} case(s): {listed}: give each a mask with the same file name"
         )
-    return [read_case(name, path, mask_files[name], nonfinite) for name, path in found.items()]
+    paired = []
+    for name, path in found.items():
+        case = read_case(name, path, mask_files[name], nonfinite)
+        paired.append(CaseFiles(name, path, mask_files[name], tuple(case.volume.shape)))
+        del case
+    return paired
 
 
 def check_output(output: Path, inputs: Sequence[Path], force: bool) -> None:
@@ -387,11 +411,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.reference is not None:
             reference = read_volume(args.reference)
             args.reference_volume = world_view(reference.array, reference.affine).array
-            for case in cases:
-                if case.volume.shape != args.reference_volume.shape:
+            for files in cases:
+                if files.shape != args.reference_volume.shape:
                     raise InputError(
-                        f"the reference has shape {args.reference_volume.shape} but case {case.name!r} "
-                        f"{case.volume.shape}: give a reference on the volumes' grid"
+                        f"the reference has shape {args.reference_volume.shape} but case {files.name!r} "
+                        f"{files.shape}: give a reference on the volumes' grid"
                     )
         from napari_vitcam.models.checkpoint import load_checkpoint
 
@@ -400,13 +424,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.target is not None:
             resolve_module(loaded.model, args.target)
         rows: list[dict[str, object]] = []
-        for number, case in enumerate(cases, 1):
-            print(f"\r{number}/{len(cases)} {case.name}", end="", file=sys.stderr, flush=True)
+        for number, files in enumerate(cases, 1):
+            print(f"\r{number}/{len(cases)} {files.name}", end="", file=sys.stderr, flush=True)
             try:
-                rows += evaluate_case(loaded, case, args)
+                rows += evaluate_case(loaded, files.read(args.nonfinite), args)
             except VitcamError as error:
                 print(file=sys.stderr)
-                print(f"{PROG}: case {case.name!r}: {one_line(error, limit=400)}", file=sys.stderr)
+                print(f"{PROG}: case {files.name!r}: {one_line(error, limit=400)}", file=sys.stderr)
                 return 1
         print(file=sys.stderr)
         write_csv(args.output, rows)
