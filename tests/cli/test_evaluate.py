@@ -293,3 +293,14 @@ def test_checking_a_cohort_keeps_none_of_its_arrays_in_memory(tmp_path):
     assert [c.name for c in cases] == [f"case{i}" for i in range(8)] and cases[0].shape == (64, 64, 64)
     case = cases[3].read()
     np.testing.assert_array_equal(case.volume, np.load(volumes / "case3.npy"))
+
+
+def test_the_volumes_folder_is_not_taken_as_its_own_masks(tmp_path, capsys):
+    volumes, _ = write_cases(tmp_path, count=1)
+    np.save(volumes / "case0.npy", (np.load(volumes / "case0.npy") * 1000).astype(np.int16))  # CT-like integers
+    assert evaluate(tmp_path / "never-read.pt", volumes, volumes, tmp_path / "r.csv") == 1
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == f"napari-vitcam evaluate: --masks names the --volumes folder {volumes}: give the folder of the label masks"
+    )

@@ -201,6 +201,8 @@ def pair_cases(volumes: Path, masks: Path, nonfinite: NonFinite = "error") -> li
     Only the paths and shapes are kept: a cohort's arrays are never all in
     memory at once, each case is read again when it is evaluated.
     """
+    if volumes.is_dir() and masks.is_dir() and volumes.resolve() == masks.resolve():
+        raise InputError(f"--masks names the --volumes folder {volumes}: give the folder of the label masks")
     found = list_cases(volumes, "volume")
     mask_files = list_cases(masks, "mask")
     missing = [name for name in found if name not in mask_files]
