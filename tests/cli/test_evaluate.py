@@ -172,3 +172,151 @@ def test_a_reference_baseline_is_recorded(tmp_path, reader_file):
     assert evaluate(reader_file, volumes, masks, output, *argv) == 0
     (row,) = read_rows(output)
     assert row["baseline"] == "reference" and row["deletion_beats_random"] == "yes"
+
+
+def test_a_volume_with_nan_is_refused_before_any_model_is_loaded(tmp_path, capsys):
+    volumes, masks = write_cases(tmp_path, count=3)
+    broken = np.load(volumes / "case2.npy")
+    broken[1, 2, 3] = np.nan
+    np.save(volumes / "case2.npy", broken)
+    output = tmp_path / "results.csv"
+    assert evaluate(tmp_path / "never-read.pt", volumes, masks, output) == 1  # the missing checkpoint is not reached
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "case 'case2'" in err[0] and "1 NaN" in err[0] and "nonfinite=replace" in err[0]
+    assert not output.exists()
+
+
+def test_nonfinite_replace_evaluates_a_volume_with_nan(tmp_path, reader_file):
+    volumes, masks = write_cases(tmp_path, count=1)
+    broken = np.load(volumes / "case0.npy")
+    broken[0, 0, 0] = np.nan
+    np.save(volumes / "case0.npy", broken)
+    output = tmp_path / "results.csv"
+    assert evaluate(reader_file, volumes, masks, output, "--no-randomization", "--nonfinite", "replace") == 0
+    (row,) = read_rows(output)
+    assert row["pointing_strict"] == "1" and np.isnan(np.load(volumes / "case0.npy")[0, 0, 0])  # file untouched
+
+
+def test_method_auto_is_the_models_default_explainer(tmp_path):
+    from napari_vitcam.demo.shipped import SHIPPED_CLS_CHECKPOINT
+    from napari_vitcam.demo.volumes import make_volume
+    from napari_vitcam.models.targets import method_for
+
+    (tmp_path / "v").mkdir()
+    (tmp_path / "m").mkdir()
+    demo = make_volume(0)
+    np.save(tmp_path / "v" / "case0.npy", demo.volume)
+    np.save(tmp_path / "m" / "case0.npy", demo.mask.astype(np.uint8))
+    output = tmp_path / "results.csv"
+    argv = ["evaluate", str(SHIPPED_CLS_CHECKPOINT), "--volumes", str(tmp_path / "v"), "--masks", str(tmp_path / "m")]
+    assert main([*argv, "-o", str(output), "--method", "auto", "--no-randomization", "--steps", "4"]) == 0
+    (row,) = read_rows(output)
+    expected = method_for(load_checkpoint(SHIPPED_CLS_CHECKPOINT)).method
+    assert row["method"] == expected == "rollout"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--class", "7", "class index 7 is out of range"),
+        ("--class", "tumour", "unknown class 'tumour'"),
+        ("--target", "nowhere", "no module named 'nowhere'"),
+        ("--device", "banana", "unknown device 'banana'"),
+    ],
+)
+def test_a_wrong_class_target_or_device_is_one_line_before_the_first_case(
+    tmp_path, reader_file, capsys, option, value, expected
+):
+    volumes, masks = write_cases(tmp_path, count=2)
+    output = tmp_path / "results.csv"
+    argv = ["evaluate", str(reader_file), "--trust", "--volumes", str(volumes), "--masks", str(masks)]
+    assert main([*argv, "-o", str(output), "--method", "hirescam", option, value]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("napari-vitcam evaluate: ") and expected in err[0]
+    assert "case" not in err[0]  # not a problem of one case: said before any case runs
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("option", ["--steps", "--random-orders", "--batch-size"])
+def test_a_count_below_one_names_its_option(tmp_path, capsys, option):
+    volumes, masks = write_cases(tmp_path, count=1)
+    assert evaluate(tmp_path / "never-read.pt", volumes, masks, tmp_path / "r.csv", option, "0") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"napari-vitcam evaluate: {option} 0: give at least 1"]
+
+
+def test_ctrl_c_is_one_line_and_leaves_no_output(tmp_path, reader_file):
+    import signal
+    import subprocess
+    import sys
+
+    volumes, masks = write_cases(tmp_path, count=40)  # far more work than the time it takes to interrupt it
+    output = tmp_path / "results.csv"
+    argv = [
+        "evaluate",
+        str(reader_file),
+        "--trust",
+        "--volumes",
+        str(volumes),
+        "--masks",
+        str(masks),
+        "-o",
+        str(output),
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "napari_vitcam.cli.main", *argv], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
+    assert process.stderr is not None
+    seen = b""
+    while b"1/40" not in seen:  # the first case has started: the model is loaded and working
+        chunk = process.stderr.read(1)
+        assert chunk, f"ended before the first case: {seen!r}"
+        seen += chunk
+    process.send_signal(signal.SIGINT)
+    err = (seen + process.stderr.read()).decode()
+    assert process.wait() == 130
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "napari-vitcam evaluate: interrupted"
+    assert not output.exists() and not list(tmp_path.glob(".results.csv.*"))
+
+
+def test_an_output_under_a_file_is_refused_as_such(tmp_path, capsys):
+    volumes, masks = write_cases(tmp_path, count=1)
+    output = volumes / "case0.npy" / "results.csv"
+    assert evaluate(tmp_path / "never-read.pt", volumes, masks, output) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"napari-vitcam evaluate: {volumes / 'case0.npy'} is a file, not a folder: choose another output"
+
+
+def test_checking_a_cohort_keeps_none_of_its_arrays_in_memory(tmp_path):
+    import tracemalloc
+
+    from napari_vitcam.cli.evaluate import pair_cases
+
+    volumes, masks = tmp_path / "volumes", tmp_path / "masks"
+    volumes.mkdir()
+    masks.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(8):  # 1 MiB per volume and 1/4 MiB per mask: 10 MiB if all were kept
+        np.save(volumes / f"case{index}.npy", rng.normal(size=(64, 64, 64)).astype(np.float32))
+        np.save(masks / f"case{index}.npy", (rng.random((64, 64, 64)) > 0.5).astype(np.uint8))
+    tracemalloc.start()
+    try:
+        cases = pair_cases(volumes, masks)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 1 << 20  # less than one volume: each case is read again when its turn comes
+    assert [c.name for c in cases] == [f"case{i}" for i in range(8)] and cases[0].shape == (64, 64, 64)
+    case = cases[3].read()
+    np.testing.assert_array_equal(case.volume, np.load(volumes / "case3.npy"))
+
+
+def test_the_volumes_folder_is_not_taken_as_its_own_masks(tmp_path, capsys):
+    volumes, _ = write_cases(tmp_path, count=1)
+    np.save(volumes / "case0.npy", (np.load(volumes / "case0.npy") * 1000).astype(np.int16))  # CT-like integers
+    assert evaluate(tmp_path / "never-read.pt", volumes, volumes, tmp_path / "r.csv") == 1
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == f"napari-vitcam evaluate: --masks names the --volumes folder {volumes}: give the folder of the label masks"
+    )

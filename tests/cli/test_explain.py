@@ -64,3 +64,43 @@ def test_explain_imports_neither_qt_nor_napari(tmp_path, checkpoint):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "IMPORTED []" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ((), "the volume has non-finite values: 1 of 4096 voxels are not finite (1 NaN; the first at index (1, 2, 3))"),
+        (("--nonfinite", "replace", "--device", "banana"), "unknown device 'banana'"),
+    ],
+)
+def test_nan_voxels_and_an_unknown_device_are_refused_before_the_checkpoint_is_read(tmp_path, capsys, extra, expected):
+    volume = np.zeros((16, 16, 16), np.float32)
+    volume[1, 2, 3] = np.nan
+    np.save(tmp_path / "scan.npy", volume)
+    never_read = tmp_path / "model.safetensors"  # absent: reading it would be the error
+    assert main(["explain", str(never_read), str(tmp_path / "scan.npy"), "-o", str(tmp_path / "h.npy"), *extra]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("napari-vitcam explain: ") and expected in err and "\n" not in err
+    assert not (tmp_path / "h.npy").exists()
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path, checkpoint):
+    np.save(tmp_path / "scan.npy", np.zeros((16, 16, 16), np.float32))
+    argv = [sys.executable, "-m", "napari_vitcam.cli.main", "explain", str(checkpoint), str(tmp_path / "scan.npy")]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # as `| head -0` does: the JSON summary has nowhere to go
+    err = process.stderr.read().decode()
+    assert process.wait() == 141 and "Traceback" not in err and err == ""
+    assert np.load(tmp_path / "scan.heatmap.npy").shape == (16, 16, 16)  # the heatmap was written all the same
+
+
+def test_the_summary_names_the_method_auto_chose(tmp_path, capsys):
+    from napari_vitcam.demo.shipped import SHIPPED_CLS_CHECKPOINT
+    from napari_vitcam.demo.volumes import make_volume
+
+    np.save(tmp_path / "scan.npy", make_volume(0, 32).volume)
+    argv = ["explain", str(SHIPPED_CLS_CHECKPOINT), str(tmp_path / "scan.npy"), "--method", "auto"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["method"] == "rollout" and summary["target_layer"] == "attention, every block"

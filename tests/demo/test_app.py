@@ -80,3 +80,22 @@ def test_the_demo_with_the_shipped_checkpoint(tmp_path, capsys):
     out = tmp_path / "demo.png"
     assert demo_app.main(["--run", "--screenshot", str(out)]) == 0, capsys.readouterr().err
     assert out.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--seed", "-1"], "--seed -1: give a seed of 0 or more"),
+        (["--screenshot", "{scan}"], "cannot save the screenshot as scan.npy: end the file name with .png"),
+        (["--screenshot", "{tmp}"], "is a folder: give a .png file name"),
+        (["--checkpoint", "{tmp}/absent.safetensors"], "no checkpoint at"),
+    ],
+)
+def test_demo_refuses_bad_arguments_in_one_line_before_napari_opens(tmp_path, capsys, argv, expected):
+    scan = tmp_path / "scan.npy"
+    np.save(scan, np.arange(8, dtype=np.float32))
+    argv = [a.format(scan=scan, tmp=tmp_path) for a in argv]
+    assert demo_app.main(argv) == 1  # no viewer is opened: a napari window would not return here
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("napari-vitcam demo: ") and expected in err and "\n" not in err
+    np.testing.assert_array_equal(np.load(scan), np.arange(8, dtype=np.float32))  # the user's file is untouched

@@ -142,3 +142,27 @@ def test_the_default_explainer_points_at_the_lesion_where_grad_cam_does_not(cls_
     assert default["_summary"]["accuracy"] >= 0.95
     assert pointing >= 0.9
     assert pointing >= gradcam[cls_demo.spec.target_layer]["pointing_tolerant"] + 0.3
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["-n", "0"], "-n/--volumes 0: give at least 1"),
+        (["--start", "-5"], "--start -5: give a seed of 0 or more"),
+        (["--occlusion-share", "5"], "--occlusion-share 5.0: give a share above 0 and at most 1"),
+        (["--json", "{scan}"], "cannot write the results as scan.npy: end --json with .json"),
+        (["--json", "{old}"], "old.json exists: choose another --json, or pass --force"),
+        (["--checkpoint", "{tmp}/absent.safetensors"], "no file or folder at"),
+        (["--targets", "nowhere"], "the model has no module named 'nowhere'"),
+    ],
+)
+def test_evaluate_demo_refuses_bad_arguments_in_one_line(tmp_path, capsys, extra, expected):
+    from napari_vitcam.demo.evaluate import main
+
+    scan, old = tmp_path / "scan.npy", tmp_path / "old.json"
+    np.save(scan, np.zeros(4, np.float32))
+    old.write_text("{}")
+    assert main(["-n", "1", *(a.format(scan=scan, old=old, tmp=tmp_path) for a in extra)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("napari-vitcam evaluate-demo: ") and expected in err and "\n" not in err
+    assert old.read_text() == "{}" and np.load(scan).shape == (4,)  # the user's files are untouched

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -107,3 +108,30 @@ def test_train_demo_writes_a_loadable_checkpoint(tmp_path, capsys):
     with torch.no_grad():
         probabilities = loaded.model(torch.from_numpy(volume.volume)[None, None]).softmax(1)
     assert probabilities.shape == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--steps", "0"], "--steps 0: give at least 1"),
+        (["--steps", "-1"], "--steps -1: give at least 1"),
+        (["--batch", "0"], "--batch 0: give at least 1"),
+        (["--depth", "0"], "--depth 0: give at least 1"),
+        (["--width", "30", "--heads", "4"], "--width 30 is not divisible by --heads 4"),
+        (["--minutes", "-1"], "--minutes -1.0: give 0 (none) or more"),
+        (["--out", "{scan}"], "cannot save the checkpoint as scan.npy: end --out with .safetensors"),
+        (["--out", "{old}"], "old.safetensors exists: choose another --out, or pass --force"),
+        (["--out", "{tmp}/new.pt", "--state", "{tmp}/new.pt"], "--state and --out name the same file"),
+    ],
+)
+def test_train_demo_refuses_bad_arguments_in_one_line_before_training(tmp_path, capsys, extra, expected):
+    scan, old = tmp_path / "scan.npy", tmp_path / "old.safetensors"
+    np.save(scan, np.zeros(4, np.float32))
+    old.write_bytes(b"a checkpoint of the user's")
+    argv = [a.format(scan=scan, old=old, tmp=tmp_path) for a in ["--out", str(tmp_path / "x.safetensors"), *extra]]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing was trained
+    err = captured.err.strip()
+    assert err.startswith("napari-vitcam train-demo: ") and expected in err and "\n" not in err
+    assert old.read_bytes() == b"a checkpoint of the user's" and np.load(scan).shape == (4,)

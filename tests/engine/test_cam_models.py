@@ -114,6 +114,29 @@ def test_unknown_target_suggests_names():
         nv.grad_cam(model, torch.randn(1, 1, 16, 16, 16), "blocks.1.norm")
 
 
+def test_unknown_target_without_a_close_name_lists_the_models_own_modules():
+    model = nv.ViT3D(img_size=16, patch_size=8, width=32, depth=2, heads=2)
+    with pytest.raises(nv.TargetLayerError) as info:
+        nv.grad_cam(model, torch.randn(1, 1, 16, 16, 16), "zzz")
+    message = str(info.value)
+    top = ", ".join(name for name, _ in model.named_children())
+    assert f"its top-level modules are {top}" in message and "e.g. 'blocks.0'" in message
+    assert "\n" not in message
+
+
+def test_grad_cam_refuses_nan_input_and_arrays_in_one_line():
+    model = nv.ViT3D(img_size=16, patch_size=8, width=32, depth=2, heads=2)
+    x = torch.randn(1, 1, 16, 16, 16)
+    x[0, 0, 3, 4, 5] = float("nan")
+    x[0, 0, 9, 9, 9] = float("inf")
+    kept = x.clone()
+    with pytest.raises(nv.InputError, match=r"x holds 2 non-finite value\(s\).*first at index \(0, 0, 3, 4, 5\)"):
+        nv.grad_cam(model, x, "blocks.1.norm1")  # a NaN map before: NaN logits, NaN cam
+    assert torch.equal(x.isnan(), kept.isnan()) and torch.equal(x.nan_to_num(), kept.nan_to_num())
+    with pytest.raises(nv.InputError, match=r"x is a numpy.ndarray, not a torch tensor"):
+        nv.grad_cam(model, kept.nan_to_num().numpy(), "blocks.1.norm1")
+
+
 def test_module_object_as_target():
     model = nv.ViT3D(img_size=16, patch_size=8, width=32, depth=2, heads=2)
     result = nv.grad_cam(model, torch.randn(1, 1, 16, 16, 16), model.blocks[0].norm1)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from napari_vitcam import grad_cam
-from napari_vitcam.core.errors import DegenerateTargetError
+from napari_vitcam.core.errors import DegenerateTargetError, InputError
 from napari_vitcam.engine.targets import list_targets, recommended_target
 from napari_vitcam.models.architectures.vit3d import ViT3D, ViTConfig
 from napari_vitcam.models.loaded_model import LoadedModel
@@ -241,3 +241,13 @@ def test_vit_pytorch_blocks_held_in_module_lists_offer_their_pre_norms():
     ]
     simple = [c.label for c in list_targets(vit_pytorch_simple_vit(depth=2), x)]
     assert simple == ["transformer.layers.0.0.norm", "transformer.layers.1.0.norm", "transformer.norm (recommended)"]
+
+
+def test_list_targets_refuses_an_example_that_is_not_a_finite_5d_tensor():
+    model = ViT3D(img_size=16, patch_size=8, width=32, depth=2, heads=2)
+    with pytest.raises(InputError, match=r"x must be a \(batch, channels, depth, height, width\) tensor, got \(1, 16"):
+        list_targets(model, torch.randn(1, 16, 16, 16))  # a torch size error from inside the model before
+    nan = torch.randn(1, 1, 16, 16, 16)
+    nan[0, 0, 1, 2, 3] = float("nan")
+    with pytest.raises(InputError, match=r"x holds 1 non-finite value\(s\)"):
+        list_targets(model, nan)  # NaN gradients would mark every block as having none

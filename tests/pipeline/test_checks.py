@@ -169,3 +169,22 @@ def test_an_unknown_method_is_named_before_any_forward_pass():
     with pytest.raises(nv.InputError, match=r"unknown method 'gradcam\+\+'"):
         explain_volume(loaded, spot(), method="gradcam++")
     assert loaded.model.calls == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_check_volume_finite_says_what_explain_volume_says_and_leaves_the_array_alone(dtype):
+    from napari_vitcam.pipeline.checks import check_volume_finite
+
+    volume = spot(dtype=dtype)
+    volume[3, 20, 7] = np.inf
+    kept = volume.copy()
+    with pytest.raises(nv.InputError) as checked:
+        check_volume_finite(volume)
+    with pytest.raises(nv.InputError) as explained:
+        explain_volume(counting(), volume)
+    assert str(checked.value) == str(explained.value)
+    np.testing.assert_array_equal(volume, kept)
+    check_volume_finite(volume, "replace")  # some voxels are finite: replace can handle it
+    check_volume_finite(np.full((4, 4, 4), 7, np.int16))
+    with pytest.raises(nv.InputError, match="no finite voxel"):
+        check_volume_finite(np.full((4, 4, 4), np.nan), "replace")

@@ -51,6 +51,13 @@ def test_a_missing_folder_and_an_unknown_suffix_are_refused(tmp_path):
         check_output(tmp_path / "heat.out")
 
 
+def test_a_file_where_the_folder_should_be_is_named_as_a_file(tmp_path):
+    (tmp_path / "scan.npy").write_bytes(b"a scan")
+    with pytest.raises(VolumeFileError, match=r"scan.npy is a file, not a folder: choose another output"):
+        check_output(tmp_path / "scan.npy" / "heat.npy")
+    assert (tmp_path / "scan.npy").read_bytes() == b"a scan"
+
+
 def test_the_named_file_is_written_exactly_with_ordinary_permissions(tmp_path):
     heatmap = np.random.default_rng(0).random((2, 3, 4)).astype(np.float32)
     written = write_heatmap(tmp_path / "heat.npy", heatmap, affine=None, provenance={})

@@ -3,9 +3,12 @@
 Volumes and masks are paired by file name (``case1.nii.gz`` in ``--volumes``
 with ``case1.nii.gz`` or ``case1.npy`` in ``--masks``). Everything is checked
 before the model runs: every volume and mask is read, each volume has its
-mask, shapes (and, with geometry, affines) agree, the output is not an input
-and does not exist (unless ``--force``). Then for each case the volume is
-explained and the map is evaluated:
+mask, shapes (and, with geometry, affines) agree, no volume holds NaN/Inf
+voxels (unless ``--nonfinite replace``), the output is not an input and does
+not exist (unless ``--force``); once the model is loaded, ``--class``,
+``--target`` and ``--device`` are checked against it. Then for each case the
+volume is explained (``--method auto``: the explainer chosen for this kind of
+model) and the map is evaluated:
 
 * against the mask: pointing game (strict, and within half a patch), energy
   pointing, best-threshold IoU, per label (distances in mm where the files
@@ -35,8 +38,11 @@ import numpy as np
 
 from napari_vitcam.core.errors import InputError, VitcamError
 from napari_vitcam.core.vocabulary import UPSAMPLE_MODES, one_line
-from napari_vitcam.engine.explainers.registry import get_explainer
+from napari_vitcam.engine.explainers import EXPLAINERS, get_explainer
+from napari_vitcam.engine.introspect import resolve_module
 from napari_vitcam.evaluation.faithfulness import BASELINES
+from napari_vitcam.pipeline.checks import NONFINITE_CHOICES, NonFinite, check_volume_finite, class_index
+from napari_vitcam.pipeline.devices import pick_device
 from napari_vitcam.volumes.base import Volume, path_suffix
 from napari_vitcam.volumes.geometry import permuted, world_view
 from napari_vitcam.volumes.registry import READERS, read_volume, reader_for
@@ -147,8 +153,16 @@ def _mask_array(mask: Volume, name: str) -> np.ndarray:
     return values
 
 
-def read_case(name: str, volume_path: Path, mask_path: Path) -> Case:
-    """Read a volume and its mask and check that they lie on the same grid."""
+def _check_finite(name: str, values: np.ndarray, nonfinite: NonFinite) -> None:
+    try:
+        check_volume_finite(values, nonfinite)
+    except VitcamError as error:
+        raise type(error)(f"case {name!r}: {error}") from None
+
+
+def read_case(name: str, volume_path: Path, mask_path: Path, nonfinite: NonFinite = "error") -> Case:
+    """Read a volume and its mask and check that they lie on the same grid (and, with
+    ``nonfinite="error"``, that the volume has no NaN/Inf voxel)."""
     volume = read_volume(volume_path)
     mask = read_volume(mask_path)
     if mask.array.ndim != 3:
@@ -165,6 +179,7 @@ def read_case(name: str, volume_path: Path, mask_path: Path) -> Case:
         raise InputError(
             f"case {name!r}: the mask's affine differs from the volume's: resample the mask onto the volume's grid"
         )
+    _check_finite(name, np.asarray(volume.array), nonfinite)
     view = world_view(volume.array, volume.affine)
     view_affine = volume.affine
     if volume.affine is not None and volume.array.ndim == 3:
@@ -173,8 +188,29 @@ def read_case(name: str, volume_path: Path, mask_path: Path) -> Case:
     return Case(name, volume_path, mask_path, view.array, mask_view.array, _spacing(view.affine), view_affine)
 
 
-def pair_cases(volumes: Path, masks: Path) -> list[Case]:
-    """Every volume with its mask, read and checked (before any model runs)."""
+@dataclass(frozen=True)
+class CaseFiles:
+    """A case's files, read and checked once; :func:`read_case` reads them again when the case's turn comes."""
+
+    name: str
+    volume_path: Path
+    mask_path: Path
+    shape: tuple[int, ...]
+    """The volume's shape in world axis order (as napari shows it)."""
+
+    def read(self, nonfinite: NonFinite = "error") -> Case:
+        """The case's arrays, as :func:`read_case` gives them."""
+        return read_case(self.name, self.volume_path, self.mask_path, nonfinite)
+
+
+def pair_cases(volumes: Path, masks: Path, nonfinite: NonFinite = "error") -> list[CaseFiles]:
+    """Every volume with its mask, read and checked (before any model runs).
+
+    Only the paths and shapes are kept: a cohort's arrays are never all in
+    memory at once, each case is read again when it is evaluated.
+    """
+    if volumes.is_dir() and masks.is_dir() and volumes.resolve() == masks.resolve():
+        raise InputError(f"--masks names the --volumes folder {volumes}: give the folder of the label masks")
     found = list_cases(volumes, "volume")
     mask_files = list_cases(masks, "mask")
     missing = [name for name in found if name not in mask_files]
@@ -183,13 +219,20 @@ def pair_cases(volumes: Path, masks: Path) -> list[Case]:
         raise InputError(
             f"no mask in {masks} for {len(missing)} case(s): {listed}: give each a mask with the same file name"
         )
-    return [read_case(name, path, mask_files[name]) for name, path in found.items()]
+    paired = []
+    for name, path in found.items():
+        case = read_case(name, path, mask_files[name], nonfinite)
+        paired.append(CaseFiles(name, path, mask_files[name], tuple(case.volume.shape)))
+        del case
+    return paired
 
 
 def check_output(output: Path, inputs: Sequence[Path], force: bool) -> None:
     """The output is a .csv in an existing folder, is no input, and exists only with ``force``."""
     if output.suffix.lower() != ".csv":
         raise InputError(f"the output {output.name} is not a .csv file: name it e.g. results.csv")
+    if output.parent.exists() and not output.parent.is_dir():
+        raise InputError(f"{output.parent} is a file, not a folder: choose another output")
     if not output.parent.resolve().is_dir():
         raise InputError(f"the output folder {output.parent} does not exist: create it first")
     resolved = output.resolve()
@@ -245,10 +288,12 @@ def evaluate_case(loaded, case: Case, args: argparse.Namespace) -> list[dict[str
         upsample=args.upsample,
         device=args.device,
         affine=case.affine,
+        nonfinite=args.nonfinite,
     )
     masks = against_mask(explanation, case.mask, spacing=case.spacing)
     compared = {
-        name: explain_alike(loaded, case.volume, explanation, name, affine=case.affine) for name in args.compare
+        name: explain_alike(loaded, case.volume, explanation, name, nonfinite=args.nonfinite, affine=case.affine)
+        for name in args.compare
     }
     curves = against_model(
         loaded,
@@ -259,10 +304,15 @@ def evaluate_case(loaded, case: Case, args: argparse.Namespace) -> list[dict[str
         steps=args.steps,
         random_orders=args.random_orders,
         batch_size=args.batch_size,
+        nonfinite=args.nonfinite,
         affine=case.affine,
         compared=compared,
     )
-    chance = None if args.no_randomization else against_chance(loaded, case.volume, explanation, affine=case.affine)
+    chance = (
+        None
+        if args.no_randomization
+        else against_chance(loaded, case.volume, explanation, nonfinite=args.nonfinite, affine=case.affine)
+    )
     common: dict[str, object] = {
         "case": case.name,
         "volume": case.volume_path.name,
@@ -336,7 +386,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("checkpoint", type=Path, help="native checkpoint, MONAI bundle folder or weights file")
     parser.add_argument("--volumes", type=Path, required=True, help="folder of volumes (.npy, .npz, NIfTI, DICOM)")
     parser.add_argument("--masks", type=Path, required=True, help="folder of label masks, same file names")
-    parser.add_argument("--method", default="gradcam")
+    parser.add_argument(
+        "--method",
+        default="gradcam",
+        help=f"explainer: auto (the one chosen for this kind of model, see docs/evaluation.md) or one of "
+        f"{', '.join(EXPLAINERS)} (default: gradcam)",
+    )
     parser.add_argument("--target", default=None, help="target layer (default: the checkpoint's recommendation)")
     parser.add_argument("--class", dest="class_idx", default=None, help="class name or index (default: predicted)")
     parser.add_argument("--upsample", default="smooth", choices=UPSAMPLE_MODES)
@@ -353,6 +408,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--random-orders", type=int, default=3, help="random orders in the band")
     parser.add_argument("--batch-size", type=int, default=8, help="perturbed inputs per forward pass")
     parser.add_argument("--no-randomization", action="store_true", help="skip the randomisation test")
+    parser.add_argument(
+        "--nonfinite",
+        default="error",
+        choices=NONFINITE_CHOICES,
+        help="NaN/Inf voxels: refuse the volume (error, the default) or replace them "
+        "(NaN by 0, ±Inf by the volume's finite extremes)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("-o", "--output", type=Path, default=Path("results.csv"), help="CSV file (default results.csv)")
     parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
@@ -366,15 +428,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.steps < 1 or args.random_orders < 1 or args.batch_size < 1:
-            raise InputError("--steps, --random-orders and --batch-size must be at least 1")
-        for method in (args.method, *args.compare):
-            get_explainer(method)  # an unknown method is refused before anything is read
+        for option in ("steps", "random_orders", "batch_size"):
+            if getattr(args, option) < 1:
+                raise InputError(f"--{option.replace('_', '-')} {getattr(args, option)}: give at least 1")
+        if args.method != "auto" and args.method not in EXPLAINERS:  # refused before anything is read
+            raise InputError(f"unknown method {args.method!r}: choose auto or one of {', '.join(EXPLAINERS)}")
+        for method in args.compare:
+            get_explainer(method)  # an unknown method to compare with too
         if args.method in args.compare or len(set(args.compare)) < len(args.compare):
             raise InputError("--compare names a method twice or the --method itself: name each other method once")
+        pick_device(args.device)  # an unknown or absent device too
         if args.baseline == "reference" and args.reference is None:
             raise InputError("--baseline reference needs --reference FILE (e.g. a healthy scan on the same grid)")
-        cases = pair_cases(args.volumes, args.masks)
+        cases = pair_cases(args.volumes, args.masks, args.nonfinite)
         inputs = [args.checkpoint, *(c.volume_path for c in cases), *(c.mask_path for c in cases)]
         if args.reference is not None:
             inputs.append(args.reference)
@@ -383,23 +449,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.reference is not None:
             reference = read_volume(args.reference)
             args.reference_volume = world_view(reference.array, reference.affine).array
-            for case in cases:
-                if case.volume.shape != args.reference_volume.shape:
+            for files in cases:
+                if files.shape != args.reference_volume.shape:
                     raise InputError(
-                        f"the reference has shape {args.reference_volume.shape} but case {case.name!r} "
-                        f"{case.volume.shape}: give a reference on the volumes' grid"
+                        f"the reference has shape {args.reference_volume.shape} but case {files.name!r} "
+                        f"{files.shape}: give a reference on the volumes' grid"
                     )
         from napari_vitcam.models.checkpoint import load_checkpoint
 
         loaded = load_checkpoint(args.checkpoint, trust=args.trust)
+        class_index(args.class_idx, loaded.spec.class_names)  # the model's classes and layers, before any case
+        if args.target is not None:
+            resolve_module(loaded.model, args.target)
         rows: list[dict[str, object]] = []
-        for number, case in enumerate(cases, 1):
-            print(f"\r{number}/{len(cases)} {case.name}", end="", file=sys.stderr, flush=True)
+        for number, files in enumerate(cases, 1):
+            print(f"\r{number}/{len(cases)} {files.name}", end="", file=sys.stderr, flush=True)
             try:
-                rows += evaluate_case(loaded, case, args)
+                rows += evaluate_case(loaded, files.read(args.nonfinite), args)
             except VitcamError as error:
                 print(file=sys.stderr)
-                print(f"{PROG}: case {case.name!r}: {one_line(error, limit=400)}", file=sys.stderr)
+                print(f"{PROG}: case {files.name!r}: {one_line(error, limit=400)}", file=sys.stderr)
                 return 1
         print(file=sys.stderr)
         write_csv(args.output, rows, columns(args.compare))

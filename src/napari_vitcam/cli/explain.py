@@ -1,7 +1,8 @@
 """``napari-vitcam explain``: a heatmap for a volume file, with no GUI.
 
 Everything that can be checked without the model is checked before it is
-loaded: the volume is read (``.npy``, ``.npz``, NIfTI, DICOM series), the
+loaded: the volume is read (``.npy``, ``.npz``, NIfTI, DICOM series) and
+its voxels are finite (unless ``--nonfinite replace``), the device exists, the
 output's format, folder and name are checked (never an input, never an
 existing file without ``--force``). The heatmap is written atomically to
 exactly the file named, with the volume's geometry where the format keeps it
@@ -27,7 +28,8 @@ from typing import Any
 from napari_vitcam.core.errors import VitcamError
 from napari_vitcam.core.vocabulary import UPSAMPLE_MODES, one_line
 from napari_vitcam.engine.explainers import EXPLAINERS
-from napari_vitcam.pipeline.checks import NONFINITE_CHOICES
+from napari_vitcam.pipeline.checks import NONFINITE_CHOICES, check_volume_finite
+from napari_vitcam.pipeline.devices import pick_device
 from napari_vitcam.pipeline.frame import ModelFrame
 from napari_vitcam.pipeline.provenance import heatmap_provenance
 from napari_vitcam.volumes.base import Volume, json_ready, path_suffix
@@ -110,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         class_idx = int(class_idx)
     try:
         volume = read_volume(args.volume, key=args.key)
+        check_volume_finite(volume.array, args.nonfinite)  # NaN/Inf voxels and the device: before the model loads
+        pick_device(args.device)
         output = args.output if args.output is not None else default_output(args.volume, volume)
         orientation = ModelFrame(args.orientation) if args.orientation else None  # checked before anything is loaded
         read_from = [Path(p) for p in volume.metadata.get("paths", ())]  # every file of a DICOM series
@@ -157,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "volume": volume.describe(),
             "predicted": result.predicted_name,
             "explained_class": result.class_name,
+            "method": result.method,
             "target_layer": result.target_layer,
             "raw_max": result.raw_max,
             "probabilities": dict(result.ranked_probabilities),

@@ -147,10 +147,29 @@ def _echo(notification) -> None:
     print(notification, file=sys.stderr)
 
 
+def argument_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments (one line: cause and remedy), checked before napari opens; None: nothing."""
+    if args.seed < 0:
+        return f"--seed {args.seed}: give a seed of 0 or more"
+    if args.checkpoint is not None and not args.checkpoint.exists():
+        return f"no checkpoint at {args.checkpoint}: check the path, or leave --checkpoint out for the shipped model"
+    screenshot = args.screenshot
+    if screenshot is not None:
+        if screenshot.is_dir():
+            return f"{screenshot} is a folder: give a .png file name for the screenshot"
+        if screenshot.suffix.lower() != ".png":  # the canvas is saved as PNG: never over a scan or a checkpoint
+            return f"cannot save the screenshot as {screenshot.name}: end the file name with .png"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    checkpoint = args.checkpoint or shipped_checkpoint()
-    if not checkpoint.is_file():
+    problem = argument_problem(args)
+    if problem is not None:
+        print(f"napari-vitcam demo: {problem}", file=sys.stderr)
+        return 1
+    checkpoint = args.checkpoint or shipped_checkpoint()  # the user's path exists (a file or a MONAI bundle folder)
+    if args.checkpoint is None and not checkpoint.is_file():
         print(
             f"napari-vitcam demo: the demo checkpoint {checkpoint} is missing: reinstall napari-vitcam, "
             "or train it with 'napari-vitcam train-demo --out <that path>'",

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -37,7 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_vitcam.core.vocabulary import UPSAMPLE_MODES, Upsample
+from napari_vitcam.core.errors import VitcamError
+from napari_vitcam.core.vocabulary import UPSAMPLE_MODES, Upsample, one_line
 from napari_vitcam.demo.shipped import SHIPPED_CHECKPOINT, VALIDATION_SEED_START
 from napari_vitcam.demo.volumes import make_volume
 from napari_vitcam.engine.dispatch import explain_tokens
@@ -51,6 +53,8 @@ from napari_vitcam.models.checkpoint import load_checkpoint
 from napari_vitcam.models.spec import InputSpec, Normalization
 from napari_vitcam.models.targets import example_input
 from napari_vitcam.pipeline.preprocess import prepare_input
+
+PROG = "napari-vitcam evaluate-demo"
 
 RANDOM_BASELINE = "random map"
 METRICS = ("pointing_strict", "pointing_tolerant", "mass", "iou")
@@ -210,7 +214,7 @@ def format_table(results: dict, recommended: str | None = None) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="napari-vitcam evaluate-demo",
+        prog=PROG,
         description="Accuracy, lesion occlusion and Grad-CAM localisation of the demo model on held-out volumes.",
     )
     parser.add_argument(
@@ -241,11 +245,47 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument("--force", action="store_true", help="replace the --json file if it exists")
     return parser.parse_args(argv)
+
+
+def argument_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments (one line: cause and remedy), before the model is loaded; None: nothing."""
+    for option, value in (("-n/--volumes", args.volumes), ("--batch", args.batch)):
+        if value < 1:
+            return f"{option} {value}: give at least 1"
+    if args.start < 0:
+        return f"--start {args.start}: give a seed of 0 or more"
+    if args.threads < 0:
+        return f"--threads {args.threads}: give 0 (torch's default) or more"
+    if not 0 < args.occlusion_share <= 1:
+        return f"--occlusion-share {args.occlusion_share}: give a share above 0 and at most 1"
+    if args.json is not None:
+        if args.json.suffix.lower() != ".json":
+            return f"cannot write the results as {args.json.name}: end --json with .json"
+        if args.json.is_dir():
+            return f"--json {args.json} is a folder: give a .json file name"
+        if not args.json.parent.resolve().is_dir():
+            return f"the folder {args.json.parent} does not exist: create it or choose another --json"
+        if args.json.exists() and not args.force:
+            return f"{args.json} exists: choose another --json, or pass --force to replace it"
+    return None
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    problem = argument_problem(args)
+    if problem is not None:
+        print(f"{PROG}: {problem}", file=sys.stderr)
+        return 1
+    try:
+        return _evaluate(args)
+    except VitcamError as error:
+        print(f"{PROG}: {one_line(error, limit=400)}", file=sys.stderr)
+        return 1
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.start + args.volumes > VALIDATION_SEED_START:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -334,6 +335,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Train the demo 3D ViT (patch 8) on generated solid/ring lesion volumes.",
     )
     parser.add_argument("--out", type=Path, default=Path("demo_vit.safetensors"), help="checkpoint to write")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.add_argument(
         "--install",
         action="store_true",
@@ -439,8 +441,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def argument_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments (one line: cause and remedy), before any training; None: nothing."""
+    counts = ("steps", "batch", "width", "depth", "heads", "val_volumes", "block_volumes", "log_every")
+    for name in counts:
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 1"
+    for name in ("minutes", "threads"):
+        if getattr(args, name) < 0:
+            return f"--{name} {getattr(args, name)}: give 0 (none) or more"
+    if args.width % args.heads:
+        return f"--width {args.width} is not divisible by --heads {args.heads}: choose a width that is"
+    if args.install:
+        return None
+    out = args.out
+    if out.suffix.lower() not in (".safetensors", ".pt"):
+        return f"cannot save the checkpoint as {out.name}: end --out with .safetensors (preferred) or .pt"
+    if out.is_dir():
+        return f"--out {out} is a folder: give a checkpoint file name"
+    if out.exists() and not args.force:
+        return f"{out} exists: choose another --out, or pass --force to replace it"
+    if args.state is not None and args.state.resolve() == out.resolve():
+        return "--state and --out name the same file: give the training state another name"
+    return None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    problem = argument_problem(args)
+    if problem is not None:
+        print(f"napari-vitcam train-demo: {problem}", file=sys.stderr)
+        return 1
     wall_start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -23,6 +23,7 @@ from napari_vitcam.engine.capture import cancellable, capture_as_leaf, capture_o
 from napari_vitcam.engine.explainers.base import LayerExplainer, LayerInputs, Scorer
 from napari_vitcam.engine.explainers.registry import get_explainer
 from napari_vitcam.engine.introspect import (
+    check_input,
     declared_patch_size,
     find_patch_embedding,
     model_device,
@@ -335,9 +336,7 @@ def grad_cam(
     score_name = None
     if score_layer is not None:
         score_name, score_module = resolve_module(model, score_layer, "score layer")
-    if not isinstance(x, torch.Tensor) or x.ndim != 5:
-        shape = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
-        raise InputError(f"x must be a (batch, channels, depth, height, width) tensor, got {shape}")
+    x = check_input(x)
     run = _Run.start(model, x, progress, upsample, out_shape, score_name)
     patch = find_patch_embedding(model)
 

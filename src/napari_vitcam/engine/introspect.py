@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from napari_vitcam.core.errors import ModelOutputError, TargetLayerError
+from napari_vitcam.core.errors import InputError, ModelOutputError, TargetLayerError
 from napari_vitcam.core.vocabulary import Triple
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList)
@@ -28,8 +28,46 @@ def resolve_module(model: nn.Module, layer: str | nn.Module, what: str = "target
     if layer in names and layer != "":
         return layer, names[layer]
     close = difflib.get_close_matches(layer, [n for n in names if n], n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; list them with model.named_modules()"
-    raise TargetLayerError(f"the model has no module named {layer!r}{hint}")
+    raise TargetLayerError(f"the model has no module named {layer!r}{_names_hint(model, close)}")
+
+
+def _names_hint(model: nn.Module, close: list[str]) -> str:
+    """Close names, else the model's own top-level modules and a dotted example: what to type instead."""
+    if close:
+        return f"; did you mean {', '.join(close)}?"
+    top = [name for name, _ in model.named_children()]
+    if not top:
+        return "; the model has no submodules to name"
+    shown = ", ".join(top[:12]) + (", …" if len(top) > 12 else "")
+    names = [name for name, _ in model.named_modules()]
+    blocks = [name for name in names if re.fullmatch(r"[^.]+\.\d+", name)]  # the first block of a stack
+    dotted = next(iter(blocks or [name for name in names if "." in name]), None)
+    example = f" (name a submodule with dots, e.g. {dotted!r})" if dotted else ""
+    return f"; its top-level modules are {shown}{example}"
+
+
+def check_input(x: object) -> torch.Tensor:
+    """``x`` if it is a finite (batch, channels, depth, height, width) tensor, else one-line :class:`InputError`.
+
+    A NaN or ±Inf value would flow through the model into NaN logits and a NaN
+    map, a result that looks like an answer; it is refused with the count and
+    the first index instead.
+    """
+    if not isinstance(x, torch.Tensor):
+        what = f"a {type(x).__module__.split('.')[0]}.{type(x).__name__}" if hasattr(x, "shape") else type(x).__name__
+        raise InputError(f"x is {what}, not a torch tensor: give a (batch, channels, depth, height, width) tensor")
+    if x.ndim != 5:
+        raise InputError(f"x must be a (batch, channels, depth, height, width) tensor, got {tuple(x.shape)}")
+    if x.is_floating_point() or x.is_complex():
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            bad = ~finite
+            first = tuple(int(i) for i in torch.nonzero(bad)[0].tolist())
+            raise InputError(
+                f"x holds {int(bad.sum())} non-finite value(s) (NaN or ±Inf), the first at index {first}: "
+                "give finite values (explain_volume can replace them: nonfinite='replace')"
+            )
+    return x
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -25,6 +25,7 @@ from torch import nn
 from napari_vitcam.core.errors import LayoutError
 from napari_vitcam.engine.capture import capture_outputs, eval_mode, model_lock, record_calls
 from napari_vitcam.engine.introspect import (
+    check_input,
     declared_patch_size,
     find_block_list,
     find_patch_embedding,
@@ -208,6 +209,7 @@ def list_targets(
     cell over the input are listed. The recommended one is the last with a
     non-zero gradient for the example's predicted class.
     """
+    example = check_input(example)
     blocks = hierarchical_candidates(model) or block_candidates(model)
     taken = {name for name, _ in blocks}
     candidates = blocks + [c for c in stage_candidates(model) if c[0] not in taken]

@@ -106,6 +106,25 @@ def finite_volume(array32: np.ndarray, original: np.ndarray, nonfinite: NonFinit
     return array32
 
 
+def check_volume_finite(values: np.ndarray, nonfinite: NonFinite = "error") -> None:
+    """Raise what :func:`finite_volume` would raise for ``values``, leaving them alone.
+
+    For the command line, which checks a volume file before loading the model.
+    Integer volumes are always finite; float32 and smaller are checked in
+    place, larger floats on a float32 copy (values beyond float32's range).
+
+    Args:
+        values: the volume as read, any shape.
+        nonfinite: ``"error"`` refuses NaN/±Inf voxels; ``"replace"`` refuses only a volume with none finite.
+    """
+    values = np.asarray(values)
+    if values.dtype.kind not in "fc":
+        return
+    if values.dtype.kind == "f" and values.dtype.itemsize <= 4 and bool(np.isfinite(values).all()):
+        return
+    finite_volume(np.array(values, dtype=np.float32), values, nonfinite)
+
+
 def check_finite_input(x: torch.Tensor, original: np.ndarray) -> None:
     """After normalisation: values too large for float32 arithmetic give NaN or Inf here."""
     if bool(torch.isfinite(x).all()):

@@ -66,6 +66,8 @@ def check_output(
         for existing in input_files(item) if item.exists() else []:
             if (path.exists() and _same_file(path, existing)) or path.resolve() == existing.resolve():
                 raise VolumeFileError(f"{path} is the input {existing.name}: choose another output file")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise VolumeFileError(f"{path.parent} is a file, not a folder: choose another output")
     if not path.parent.is_dir():
         raise VolumeFileError(f"the folder {path.parent} does not exist: create it or choose another output")
     if path.is_dir():
