@@ -88,3 +88,15 @@ def test_attention_methods_and_sweeps_work_inside_no_grad_and_inference_mode(vit
         assert not torch.is_grad_enabled()
     torch.testing.assert_close(relevance, expected)
     assert blocks.cams.shape == (1, 1, 16, 16, 16) and classes.cams.shape == (1, 1, 16, 16, 16)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "relevance", "rollout", "occlusion"])
+def test_every_entry_point_refuses_a_nan_input_in_one_line(vit, method):
+    x = torch.randn(1, 1, 16, 16, 16)
+    x[0, 0, 1, 2, 3] = float("nan")
+    with pytest.raises(nv.InputError, match=r"x holds 1 non-finite value\(s\).*\(0, 0, 1, 2, 3\)"):
+        nv.explain_tokens(vit, x, method, "blocks.1.norm1" if method == "gradcam" else None, 0)
+    with pytest.raises(nv.InputError, match="non-finite"):
+        sweep_blocks(vit, x, method=method, class_idx=0)
+    with pytest.raises(nv.InputError, match="non-finite"):
+        sweep_classes(vit, x, method, "blocks.1.norm1" if method == "gradcam" else None)

@@ -49,18 +49,11 @@ from napari_vitcam.engine.explainers.base import (
     PerturbationInputs,
 )
 from napari_vitcam.engine.explainers.registry import get_explainer
-from napari_vitcam.engine.introspect import find_patch_embedding, read_logits, resolve_module
+from napari_vitcam.engine.introspect import check_input, find_patch_embedding, read_logits, resolve_module
 from napari_vitcam.engine.token_grid import Layout, TokenGrid, TokenLayout
 
 ATTENTION_TARGET = "attention, every block"
 PERTURBATION_TARGET = "input patches"
-
-
-def _check_input(x: object) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or x.ndim != 5:
-        shape = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
-        raise InputError(f"x must be a (batch, channels, depth, height, width) tensor, got {shape}")
-    return x
 
 
 def _explainer(method: str | Explainer) -> Explainer:
@@ -212,7 +205,7 @@ def readout_from_gradient(gradient: torch.Tensor) -> torch.Tensor:
 def _explain_attention(
     model, x, explainer: AttentionExplainer, class_idx, upsample, score_layer, token_grid, out_shape, progress, cancel
 ) -> CamResult:
-    x = _check_input(x)
+    x = check_input(x)
     score_name, score_module = _score_module(model, score_layer)
     run = _Run.start(model, x, progress, upsample, out_shape, score_name)
     with ExitStack() as stack:
@@ -281,7 +274,7 @@ def _explain_perturbation(
     progress,
     cancel,
 ) -> CamResult:
-    x = _check_input(x)
+    x = check_input(x)
     score_name, score_module = _score_module(model, score_layer)
     run = _Run.start(model, x, progress, upsample, out_shape, score_name)
     with ExitStack() as stack:

@@ -28,7 +28,6 @@ from napari_vitcam.engine.attention import capture_attention, check_attention
 from napari_vitcam.engine.cam import ClassIndex, _class_indices, _patch_grid, _sync, explain_layer_map
 from napari_vitcam.engine.capture import capture_as_leaf, capture_outputs, eval_mode, model_lock, with_gradients
 from napari_vitcam.engine.dispatch import (
-    _check_input,
     _explainer,
     _grid_or_error,
     _logits,
@@ -45,7 +44,7 @@ from napari_vitcam.engine.explainers.base import (
     LayerExplainer,
     PerturbationExplainer,
 )
-from napari_vitcam.engine.introspect import model_device, resolve_module
+from napari_vitcam.engine.introspect import check_input, model_device, resolve_module
 from napari_vitcam.engine.token_grid import Layout, TokenGrid
 from napari_vitcam.engine.voxel_map import tokens_to_voxels
 
@@ -117,7 +116,7 @@ def sweep_blocks(
         class_idx: None (each sample's predicted class), an int, or one per sample.
         upsample, score_layer, layout, token_grid, out_shape: as for :func:`explain_tokens`.
     """
-    x = _check_input(x)
+    x = check_input(x)
     explainer = _explainer(method)
     if not isinstance(explainer, LayerExplainer) or explainer.needs_forward:
         raise InputError(
@@ -211,7 +210,7 @@ def sweep_classes(
         class_names: names for the labels (``"class k"`` where none is given).
         upsample, score_layer, layout, token_grid, out_shape, batch_size: as for :func:`explain_tokens`.
     """
-    x = _check_input(x)
+    x = check_input(x)
     explainer = _explainer(method)
     device = model_device(model)
     score_name, score_module = _score_module(model, score_layer)
