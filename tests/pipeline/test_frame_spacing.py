@@ -209,8 +209,14 @@ def test_the_resampling_runs_on_the_device_and_agrees_with_the_cpu(spaced):
         (np.diag([1.0, 0.0, 1.0, 1.0]), "fewer than 3 directions"),
     ],
 )
-def test_a_wrong_affine_is_refused_in_one_line(spaced, affine, expected):
+def test_a_wrong_affine_is_refused_in_one_line(spaced, vit, affine, expected):
     from napari_vitcam.core.errors import InputError
+    from napari_vitcam.models.loaded_model import LoadedModel
+    from napari_vitcam.models.spec import InputSpec, ModelSpec, Normalization
 
     with pytest.raises(InputError, match=expected):
         nv.explain_volume(spaced, np.zeros((8, 8, 8), np.float32), affine=affine, device="cpu")
+    no_frame = LoadedModel(vit, ModelSpec(InputSpec(1, (16, 16, 16), Normalization("none")), ("a", "b"), "norm"))
+    assert no_frame.spec.input.orientation is None and no_frame.spec.input.spacing is None
+    with pytest.raises(InputError, match=expected):  # refused even where the model would not use it
+        nv.explain_volume(no_frame, np.zeros((8, 8, 8), np.float32), affine=affine, device="cpu")

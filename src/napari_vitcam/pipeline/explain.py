@@ -190,8 +190,8 @@ def explain_volume(
     an error, never a NaN result. Threads explaining one model take turns.
     ``method``: any registered explainer (``EXPLAINERS``), or ``"auto"``: the
     one :func:`~napari_vitcam.models.targets.method_for` chooses for this model
-    by what it is (see ``docs/evaluation.md``), as the widget and the command
-    line do by default;
+    by what it is (see ``docs/evaluation.md``), as the widget does by default
+    (the command line's ``--method auto``);
     attention and perturbation methods need no target layer. ``token_grid``:
     the model's token grid (d, h, w), when the model does not say it.
     """

@@ -238,6 +238,8 @@ def plan_frame(
     Without geometry the volume is used as stored, and when the model declares
     an orientation or a spacing the report says so in one line (``frame_note``).
     """
+    if affine_ras is not None:  # a malformed affine is refused whether or not the model needs it
+        affine_ras = _checked_affine(affine_ras)
     report: dict[str, Any] = {"fit": spec_input.fit}
     declared = frame is not None and (frame.orientation is not None or frame.spacing is not None)
     if frame is not None:
@@ -259,7 +261,6 @@ def plan_frame(
         )
     elif declared and affine_ras is not None and shape is not None:
         assert frame is not None
-        affine_ras = _checked_affine(affine_ras)
         turn = reorientation(affine_ras, frame)
         if frame.orientation is not None:
             report["reorientation"] = {"order": list(turn.order), "flips": list(turn.flips)}
