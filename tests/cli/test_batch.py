@@ -73,3 +73,41 @@ def test_batch_on_worker_processes_loads_the_model_once_per_process(tmp_path: Pa
     assert os.getpid() not in pids  # explained in other processes
     loads = [r["pid"] for r in records if r["model_loaded_here"]]
     assert sorted(loads) == sorted(pids)  # once per process that took cases
+
+
+def test_batch_method_auto_names_the_method_each_case_used_and_resumes(tmp_path: Path, capsys):
+    import json
+
+    import numpy as np
+
+    from napari_vitcam.models.checkpoint import load_checkpoint
+    from napari_vitcam.models.targets import method_for
+    from napari_vitcam.pipeline.explain import explain_volume
+    from napari_vitcam.volumes.geometry import world_view
+    from napari_vitcam.volumes.registry import read_volume
+
+    cohort = make_cohort(tmp_path / "cohort", count=2)
+    out = tmp_path / "out"
+    args = ["batch", str(cohort.checkpoint), str(cohort.table), "-o", str(out), "--workers", "2", "--in-process"]
+    args += ["--device", "cpu", "--format", "csv", "--no-progress", "--method", "auto"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert "3 cases: 3 explained, 0 already done, 0 failed" in capsys.readouterr().out
+
+    choice = method_for(load_checkpoint(cohort.checkpoint))
+    with (out / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3
+    for row in rows:
+        volume = read_volume(Path(row["path"]))
+        view = world_view(volume.array, volume.affine)
+        expected = explain_volume(load_checkpoint(cohort.checkpoint), view.array, method="auto", device="cpu")
+        assert row["method"] == expected.method == choice.method != "auto"
+        assert row["target_layer"] == expected.target_layer
+        written = read_volume(out / row["heatmap"]).array
+        np.testing.assert_allclose(written, view.to_file(expected.heatmap), rtol=1e-5, atol=1e-6)
+    records = [json.loads(p.read_text()) for p in (out / ".cases").glob("*.json")]
+    assert [r["method"] for r in records] == [choice.method] * 3
+    assert f"auto: {choice.method}" in (out / "report.html").read_text()
+
+    assert main(args) == 0  # the same settings: every case is skipped
+    assert "3 cases: 0 explained, 3 already done, 0 failed" in capsys.readouterr().out

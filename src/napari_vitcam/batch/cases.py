@@ -65,8 +65,11 @@ class BatchSettings:
         checkpoint_sha256: the digest of every file of it, as :func:`load_checkpoint` reports them.
         outdir: the batch's output folder (shared by every worker).
         trust: allow full unpickling / a bundle's code.
-        method: the explainer (``gradcam``...).
-        target_layer: the layer explained (resolved: never None).
+        method: the explainer (``gradcam``...) or ``auto`` (each worker's :func:`explain_volume` chooses it
+            for the model; its record names the method used). The ledger keys on this setting, so a rerun
+            with ``auto`` skips the cases an ``auto`` run finished.
+        target_layer: the layer explained (resolved), or None with ``auto`` and no layer given (the
+            layer chosen with the method).
         class_idx: the explained class (name or index), None for the predicted one.
         upsample: how token maps become voxel maps.
         orientation: the model's frame (``RAS``...) or None for world order.
@@ -81,7 +84,7 @@ class BatchSettings:
     outdir: str
     trust: bool = False
     method: str = "gradcam"
-    target_layer: str = ""
+    target_layer: str | None = ""
     class_idx: int | str | None = None
     upsample: str = "smooth"
     orientation: str | None = None

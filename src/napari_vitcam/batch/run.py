@@ -34,8 +34,9 @@ from napari_vitcam.batch.report import render_report
 from napari_vitcam.batch.worker import explain_case
 from napari_vitcam.core.errors import InputError, MissingExtraError
 from napari_vitcam.core.vocabulary import one_line
-from napari_vitcam.engine.explainers.registry import get_explainer
+from napari_vitcam.engine.explainers.registry import EXPLAINERS
 from napari_vitcam.pipeline.checks import check_nonfinite_choice, check_upsample, class_index
+from napari_vitcam.pipeline.explain import AUTO
 from napari_vitcam.pipeline.frame import ModelFrame
 
 TABLE_FORMATS = ("parquet", "csv")
@@ -315,7 +316,8 @@ def run_batch(
     table_format = _check_format(table_format)
     upsample = check_upsample(upsample)
     check_nonfinite_choice(nonfinite)
-    get_explainer(method)
+    if method != AUTO and method not in EXPLAINERS:
+        raise InputError(f"unknown method {method!r}: choose auto or one of {', '.join(EXPLAINERS)}")
     if orientation:
         orientation = ModelFrame(orientation).orientation
     if tolerance is not None and not tolerance >= 0:
@@ -333,8 +335,9 @@ def run_batch(
     from napari_vitcam.models.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(checkpoint, trust=trust, device="cpu")
-    target = target_layer or loaded.spec.target_layer
-    if not target or target not in dict(loaded.model.named_modules()):
+    # with auto and no --target, each worker's explain_volume takes the layer chosen with the method
+    target = target_layer if method == AUTO else target_layer or loaded.spec.target_layer
+    if (target is not None or method != AUTO) and (not target or target not in dict(loaded.model.named_modules())):
         raise InputError(
             f"the model has no layer {target!r}: list the candidates with the widget or pass another --target"
         )
@@ -389,9 +392,19 @@ def run_batch(
     )
     run.seconds = time.perf_counter() - started
     _write_table(run.table, rows, table_format)
-    title = f"napari-vitcam batch: {checkpoint.name}, {method} at {target}"
+    title = f"napari-vitcam batch: {checkpoint.name}, {_how(rows, method, target)}"
     atomic_write(run.report, render_report(run.report, rows, out, title=title, summary=run.summary()).encode())
     return run
+
+
+def _how(rows: Sequence[dict[str, Any]], method: str, target: str | None) -> str:
+    """The report's "METHOD at LAYER": with auto, the method(s) and layer(s) the finished cases used."""
+    if method != AUTO:
+        return f"{method} at {target}"
+    used = sorted({(str(r["method"]), r["target_layer"]) for r in rows if r["status"] == "ok"}, key=str)
+    if not used:
+        return "auto"
+    return "auto: " + ", ".join(m if layer is None else f"{m} at {layer}" for m, layer in used)
 
 
 def _gather(client: Any, cases: list[Case], settings: BatchSettings, run_id: str, progress: bool) -> dict[str, dict]:
@@ -440,8 +453,11 @@ def explain_many(*args: Any, **kwargs: Any) -> Any:
         inputs: a folder, a glob pattern, a CSV with a ``path`` column (and optionally ``label``,
             ``mask``, ``key``), or a list of paths.
         outdir: the output folder (created; shared by every worker).
-        method: the explainer (``gradcam``...).
-        target_layer: the layer to explain (default: the checkpoint's recommendation).
+        method: the explainer (``gradcam``...), or ``auto``: the one chosen for this kind of model
+            (:func:`~napari_vitcam.models.targets.method_for`, as ``napari-vitcam explain --method auto``);
+            the table's ``method`` and ``target_layer`` columns say what each case used.
+        target_layer: the layer to explain (default: the checkpoint's recommendation; with ``auto``,
+            the layer chosen with the method).
         class_idx: the class to explain, a name or an index (default: each scan's predicted class).
         upsample: how token maps become voxel maps (``smooth`` or ``patch``...).
         orientation: the model's frame (``RAS``...): scans with geometry are reoriented to it.
