@@ -111,3 +111,36 @@ def test_batch_method_auto_names_the_method_each_case_used_and_resumes(tmp_path:
 
     assert main(args) == 0  # the same settings: every case is skipped
     assert "3 cases: 0 explained, 3 already done, 0 failed" in capsys.readouterr().out
+
+
+def test_batch_refuses_a_missing_device_in_one_line_before_any_case(tmp_path: Path, capsys):
+    import torch
+
+    cohort = make_cohort(tmp_path / "cohort", count=1)
+    out = tmp_path / "out"
+    base = ["batch", str(cohort.checkpoint), str(cohort.scans), "-o", str(out), "--in-process", "--no-progress"]
+    missing = ["banana", f"cuda:{torch.cuda.device_count() if torch.cuda.is_available() else 0}"]
+    missing += [] if torch.cuda.is_available() else ["cuda"]
+    for device in missing:
+        assert main([*base, "--device", device]) == 1, device
+        printed = capsys.readouterr()
+        assert printed.err.startswith("napari-vitcam batch: ") and printed.err.count("\n") == 1, printed.err
+        assert ("banana" in printed.err) if device == "banana" else ("cpu" in printed.err), printed.err
+        assert "Traceback" not in printed.err and printed.out == ""
+        assert not out.exists()  # nothing written
+
+
+def test_batch_on_a_running_scheduler_asks_its_workers_for_the_device(tmp_path: Path, capsys):
+    import torch
+
+    cohort = make_cohort(tmp_path / "cohort", count=1)
+    out = tmp_path / "out"
+    absent = f"cuda:{torch.cuda.device_count()}"  # a GPU no worker has, however many there are
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", dashboard_address=":0", silence_logs=40
+    ) as cluster:
+        args = ["batch", str(cohort.checkpoint), str(cohort.scans), "-o", str(out), "--no-progress"]
+        code = main([*args, "--scheduler", cluster.scheduler_address, "--device", absent])
+    printed = capsys.readouterr()
+    assert code == 1 and printed.err.count("\n") == 1 and "on the Dask worker" in printed.err, printed.err
+    assert not list((out / ".cases").glob("*")) and not (out / "results.parquet").exists()

@@ -32,10 +32,11 @@ from napari_vitcam.batch.cases import BatchSettings, Case, find_cases
 from napari_vitcam.batch.ledger import atomic_write, hold_lock, prepare_outdir, remove_partials, write_record
 from napari_vitcam.batch.report import render_report
 from napari_vitcam.batch.worker import explain_case
-from napari_vitcam.core.errors import InputError, MissingExtraError
+from napari_vitcam.core.errors import DeviceError, InputError, MissingExtraError
 from napari_vitcam.core.vocabulary import one_line
 from napari_vitcam.engine.explainers.registry import EXPLAINERS
 from napari_vitcam.pipeline.checks import check_nonfinite_choice, check_upsample, class_index
+from napari_vitcam.pipeline.devices import pick_device
 from napari_vitcam.pipeline.explain import AUTO
 from napari_vitcam.pipeline.frame import ModelFrame
 
@@ -113,6 +114,36 @@ def default_workers(device: str) -> int:
     if device != "cpu" and torch.cuda.is_available() and not device.startswith("cuda:"):
         return torch.cuda.device_count()
     return max(1, min(4, os.cpu_count() or 1))
+
+
+def _device_problem(device: str) -> str | None:
+    """Why ``device`` cannot be used here, or None (run on every worker of a cluster the batch did not start)."""
+    try:
+        pick_device(device)
+    except DeviceError as error:
+        return str(error)
+    return None
+
+
+def _check_device(device: str, local: bool) -> None:
+    """Refuse a device name that is no device, and, on a local cluster, a device this machine lacks.
+
+    A running scheduler's workers may have GPUs this machine lacks: they are asked
+    themselves (:func:`_device_problem`) before any case is sent.
+    """
+    import torch
+
+    name = str(device).strip().lower()
+    if local or name == "auto":
+        pick_device(name)
+        return
+    try:
+        kind = torch.device(name).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda", "mps"):
+        pick_device(name)  # the one-line message naming the unknown device
+        raise DeviceError(f"unsupported device {name!r}: choose auto, cpu, cuda, cuda:1 or mps")
 
 
 def _sees(paths: list[str]) -> list[str]:
@@ -328,6 +359,7 @@ def run_batch(
         raise InputError("--workers sizes a local cluster: with a running scheduler, start workers with 'dask worker'")
     if scheduler and client is not None:
         raise InputError("give a scheduler address or a client, not both")
+    _check_device(device, local=not scheduler and client is None)
     cases = find_cases(inputs, exclude=Path(outdir).expanduser().resolve())
     _distributed()
     checkpoint = Path(checkpoint).expanduser().resolve()
@@ -356,6 +388,11 @@ def run_batch(
             worker_count = len(dask_client.nthreads())
             if worker_count == 0:
                 raise InputError("the Dask cluster has no workers: start some with 'dask worker SCHEDULER_ADDRESS'")
+            if scheduler or client is not None:
+                problems = dask_client.run(_device_problem, device)
+                where, problem = next(((w, p) for w, p in sorted(problems.items()) if p), (None, None))
+                if problem:
+                    raise DeviceError(f"on the Dask worker {where}: {problem}")
             unseen = {p for missing in dask_client.run(_sees, [str(checkpoint), str(out)]).values() for p in missing}
             if unseen:
                 raise InputError(
@@ -463,7 +500,8 @@ def explain_many(*args: Any, **kwargs: Any) -> Any:
         orientation: the model's frame (``RAS``...): scans with geometry are reoriented to it.
         nonfinite: ``error`` (a scan with NaN/Inf voxels is an error row) or ``replace``.
         tolerance: the pointing game's tolerance in voxels (default: half a token).
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...: checked before any case runs (on a
+            running scheduler's workers, by the workers themselves).
         trust: allow full unpickling of the checkpoint (only for files you trust).
         workers: local cluster size (default: one per GPU, else one per core, at most 4).
         scheduler: the address of a running Dask scheduler (``tcp://host:8786``) instead of a local cluster.
