@@ -144,3 +144,25 @@ def test_batch_on_a_running_scheduler_asks_its_workers_for_the_device(tmp_path: 
     printed = capsys.readouterr()
     assert code == 1 and printed.err.count("\n") == 1 and "on the Dask worker" in printed.err, printed.err
     assert not list((out / ".cases").glob("*")) and not (out / "results.parquet").exists()
+
+
+def test_batch_refuses_an_output_folder_mixed_with_the_input_folder(tmp_path: Path, capsys):
+    cohort = make_cohort(tmp_path / "cohort", count=1)
+
+    def listing() -> list[Path]:
+        return sorted(tmp_path.rglob("*"))
+
+    before = listing()
+    cases = [
+        (cohort.scans, cohort.scans, "is the input folder"),
+        (cohort.scans, cohort.scans / "results", "is inside the input folder"),
+        (cohort.scans, cohort.root, "is inside the output folder"),
+        (cohort.table, cohort.scans, "holds the scan"),
+        (str(cohort.scans / "*.npy"), cohort.scans, "holds the scan"),
+    ]
+    for inputs, out, problem in cases:
+        assert main(["batch", str(cohort.checkpoint), str(inputs), "-o", str(out), "--in-process"]) == 1, out
+        error = capsys.readouterr().err
+        assert error.startswith("napari-vitcam batch: ") and error.count("\n") == 1, error
+        assert problem in error and "choose an output folder" in error, error
+        assert listing() == before  # nothing written, in the inputs or anywhere

@@ -360,7 +360,7 @@ def run_batch(
     if scheduler and client is not None:
         raise InputError("give a scheduler address or a client, not both")
     _check_device(device, local=not scheduler and client is None)
-    cases = find_cases(inputs, exclude=Path(outdir).expanduser().resolve())
+    cases = find_cases(inputs, outdir=Path(outdir))
     _distributed()
     checkpoint = Path(checkpoint).expanduser().resolve()
 
