@@ -148,3 +148,14 @@ def test_the_report_shows_every_case_with_its_slice(cohort: Cohort, dask_client)
     assert any("broken.nii.gz" in cell for row in parser.rows for cell in row)
     assert {"case", "predicted", "iou", "error"} <= set(parser.headers) and parser.scripts == 1
     assert run.report == out / "report.html"
+
+
+def test_a_pattern_leaves_out_the_heatmaps_an_earlier_run_wrote(cohort: Cohort):
+    out = cohort.root / "out"
+    (out / "heatmaps").mkdir(parents=True)
+    np.save(out / "heatmaps" / "scan0.heatmap.npy", np.zeros((4, 4, 4), np.float32))
+    found = find_cases(str(cohort.root / "**" / "*.npy"), outdir=out)
+    assert not any("heatmap" in c.path for c in found)
+    assert {Path(c.path).name for c in found} >= {"scan0.npy", "scan1.npy", "scan2.npy"}
+    with pytest.raises(InputError, match="is inside the output folder"):
+        find_cases(cohort.scans, outdir=cohort.root)

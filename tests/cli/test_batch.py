@@ -73,3 +73,98 @@ def test_batch_on_worker_processes_loads_the_model_once_per_process(tmp_path: Pa
     assert os.getpid() not in pids  # explained in other processes
     loads = [r["pid"] for r in records if r["model_loaded_here"]]
     assert sorted(loads) == sorted(pids)  # once per process that took cases
+
+
+def test_batch_method_auto_names_the_method_each_case_used_and_resumes(tmp_path: Path, capsys):
+    import json
+
+    import numpy as np
+
+    from napari_vitcam.models.checkpoint import load_checkpoint
+    from napari_vitcam.models.targets import method_for
+    from napari_vitcam.pipeline.explain import explain_volume
+    from napari_vitcam.volumes.geometry import world_view
+    from napari_vitcam.volumes.registry import read_volume
+
+    cohort = make_cohort(tmp_path / "cohort", count=2)
+    out = tmp_path / "out"
+    # one in-process worker: two worker threads capturing attention at once disturb each other's capture
+    # (engine.attention.explicit_attention swaps a module-level function), which is not what this tests
+    args = ["batch", str(cohort.checkpoint), str(cohort.table), "-o", str(out), "--workers", "1", "--in-process"]
+    args += ["--device", "cpu", "--format", "csv", "--no-progress", "--method", "auto"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert "3 cases: 3 explained, 0 already done, 0 failed" in capsys.readouterr().out
+
+    choice = method_for(load_checkpoint(cohort.checkpoint))
+    with (out / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3
+    for row in rows:
+        volume = read_volume(Path(row["path"]))
+        view = world_view(volume.array, volume.affine)
+        expected = explain_volume(load_checkpoint(cohort.checkpoint), view.array, method="auto", device="cpu")
+        assert row["method"] == expected.method == choice.method != "auto"
+        assert row["target_layer"] == expected.target_layer
+        written = read_volume(out / row["heatmap"]).array
+        np.testing.assert_allclose(written, view.to_file(expected.heatmap), rtol=1e-5, atol=1e-6)
+    records = [json.loads(p.read_text()) for p in (out / ".cases").glob("*.json")]
+    assert [r["method"] for r in records] == [choice.method] * 3
+    assert f"auto: {choice.method}" in (out / "report.html").read_text()
+
+    assert main(args) == 0  # the same settings: every case is skipped
+    assert "3 cases: 0 explained, 3 already done, 0 failed" in capsys.readouterr().out
+
+
+def test_batch_refuses_a_missing_device_in_one_line_before_any_case(tmp_path: Path, capsys):
+    import torch
+
+    cohort = make_cohort(tmp_path / "cohort", count=1)
+    out = tmp_path / "out"
+    base = ["batch", str(cohort.checkpoint), str(cohort.scans), "-o", str(out), "--in-process", "--no-progress"]
+    missing = ["banana", f"cuda:{torch.cuda.device_count() if torch.cuda.is_available() else 0}"]
+    missing += [] if torch.cuda.is_available() else ["cuda"]
+    for device in missing:
+        assert main([*base, "--device", device]) == 1, device
+        printed = capsys.readouterr()
+        assert printed.err.startswith("napari-vitcam batch: ") and printed.err.count("\n") == 1, printed.err
+        assert ("banana" in printed.err) if device == "banana" else ("cpu" in printed.err), printed.err
+        assert "Traceback" not in printed.err and printed.out == ""
+        assert not out.exists()  # nothing written
+
+
+def test_batch_on_a_running_scheduler_asks_its_workers_for_the_device(tmp_path: Path, capsys):
+    import torch
+
+    cohort = make_cohort(tmp_path / "cohort", count=1)
+    out = tmp_path / "out"
+    absent = f"cuda:{torch.cuda.device_count()}"  # a GPU no worker has, however many there are
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", dashboard_address=":0", silence_logs=40
+    ) as cluster:
+        args = ["batch", str(cohort.checkpoint), str(cohort.scans), "-o", str(out), "--no-progress"]
+        code = main([*args, "--scheduler", cluster.scheduler_address, "--device", absent])
+    printed = capsys.readouterr()
+    assert code == 1 and printed.err.count("\n") == 1 and "on the Dask worker" in printed.err, printed.err
+    assert not list((out / ".cases").glob("*")) and not (out / "results.parquet").exists()
+
+
+def test_batch_refuses_an_output_folder_mixed_with_the_input_folder(tmp_path: Path, capsys):
+    cohort = make_cohort(tmp_path / "cohort", count=1)
+
+    def listing() -> list[Path]:
+        return sorted(tmp_path.rglob("*"))
+
+    before = listing()
+    cases = [
+        (cohort.scans, cohort.scans, "is the input folder"),
+        (cohort.scans, cohort.scans / "results", "is inside the input folder"),
+        (cohort.scans, cohort.root, "is inside the output folder"),
+        (cohort.table, cohort.scans, "holds the scan"),
+        (str(cohort.scans / "*.npy"), cohort.scans, "holds the scan"),
+    ]
+    for inputs, out, problem in cases:
+        assert main(["batch", str(cohort.checkpoint), str(inputs), "-o", str(out), "--in-process"]) == 1, out
+        error = capsys.readouterr().err
+        assert error.startswith("napari-vitcam batch: ") and error.count("\n") == 1, error
+        assert problem in error and "choose an output folder" in error, error
+        assert listing() == before  # nothing written, in the inputs or anywhere

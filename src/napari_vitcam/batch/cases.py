@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from napari_vitcam.batch.ledger import HEATMAPS_FOLDER, THUMBNAILS_FOLDER
 from napari_vitcam.core.errors import InputError
 from napari_vitcam.volumes.base import path_suffix
 from napari_vitcam.volumes.registry import READERS
@@ -65,8 +66,11 @@ class BatchSettings:
         checkpoint_sha256: the digest of every file of it, as :func:`load_checkpoint` reports them.
         outdir: the batch's output folder (shared by every worker).
         trust: allow full unpickling / a bundle's code.
-        method: the explainer (``gradcam``...).
-        target_layer: the layer explained (resolved: never None).
+        method: the explainer (``gradcam``...) or ``auto`` (each worker's :func:`explain_volume` chooses it
+            for the model; its record names the method used). The ledger keys on this setting, so a rerun
+            with ``auto`` skips the cases an ``auto`` run finished.
+        target_layer: the layer explained (resolved), or None with ``auto`` and no layer given (the
+            layer chosen with the method).
         class_idx: the explained class (name or index), None for the predicted one.
         upsample: how token maps become voxel maps.
         orientation: the model's frame (``RAS``...) or None for world order.
@@ -81,7 +85,7 @@ class BatchSettings:
     outdir: str
     trust: bool = False
     method: str = "gradcam"
-    target_layer: str = ""
+    target_layer: str | None = ""
     class_idx: int | str | None = None
     upsample: str = "smooth"
     orientation: str | None = None
@@ -165,19 +169,58 @@ def _from_csv(table: Path) -> list[tuple[Path, str | None, str | None, str | Non
     return rows
 
 
-def find_cases(inputs: str | Path | list[str | Path], *, exclude: Path | None = None) -> list[Case]:
+def _check_apart(
+    outdir: Path, folder: Path | None, rows: list[tuple[Path, str | None, str | None, str | None]]
+) -> None:
+    """Refuse an output folder that is the input folder, lies inside it or holds it, or mixes with the scans.
+
+    Args:
+        outdir: the batch's output folder (resolved).
+        folder: the input folder, when INPUTS is a folder.
+        rows: the scans found (paths not yet resolved).
+    """
+    remedy = "choose an output folder outside the input folder (e.g. beside it): the batch never writes into its inputs"
+    if folder is not None:
+        if outdir == folder:
+            raise InputError(f"the output folder {outdir} is the input folder: {remedy}")
+        if folder in outdir.parents:
+            raise InputError(f"the output folder {outdir} is inside the input folder {folder}: {remedy}")
+        if outdir in folder.parents:
+            raise InputError(f"the input folder {folder} is inside the output folder {outdir}: {remedy}")
+    for path, *_ in rows:
+        scan = path.resolve()
+        if outdir == scan.parent:
+            raise InputError(
+                f"the output folder {outdir} holds the scan {scan.name}: choose an output folder apart from the scans"
+            )
+        if scan == outdir or scan in outdir.parents:
+            raise InputError(
+                f"the output folder {outdir} is inside the scan {scan}: choose an output folder apart from the scans"
+            )
+        if outdir in scan.parents:
+            raise InputError(
+                f"the scan {scan} is inside the output folder {outdir}: choose an output folder apart from the scans"
+            )
+
+
+def find_cases(inputs: str | Path | list[str | Path], *, outdir: Path | None = None) -> list[Case]:
     """The cases of a batch.
 
     Args:
         inputs: a folder (every volume file in it and every DICOM series folder directly under it),
             a glob pattern (``scans/**/*.nii.gz``), a CSV file with a ``path`` column (optionally
             ``label``, ``mask`` and ``key``; relative paths are relative to the CSV), or a list of paths.
-        exclude: a folder whose content is never a case (the batch's output folder).
+        outdir: the batch's output folder. It may not be the input folder, lie inside it or hold
+            it, nor hold a scan; a glob pattern's matches in its ``heatmaps`` and ``thumbnails``
+            folders (an earlier run's outputs) are left out.
 
     Raises:
-        InputError: nothing found, or a CSV without a path column (one line, with the remedy).
+        InputError: nothing found, a CSV without a path column, or an output folder mixed with the
+            inputs (one line, with the remedy).
     """
     rows: list[tuple[Path, str | None, str | None, str | None]]
+    folder: Path | None = None
+    pattern = False
     if isinstance(inputs, (list, tuple)):
         rows = [(Path(p).expanduser(), None, None, None) for p in inputs]
         what = "the list"
@@ -188,12 +231,14 @@ def find_cases(inputs: str | Path | list[str | Path], *, exclude: Path | None = 
             rows = _from_csv(source)
             what = source.name
         elif source.is_dir():
+            folder = source.resolve()
             rows = [(p, None, None, None) for p in sorted(source.iterdir()) if _is_volume_candidate(p)]
             what = f"the folder {source}"
         elif not source.exists() and GLOB_CHARACTERS & set(text):
             matches = sorted(glob.glob(str(source), recursive=True))
             rows = [(Path(p), None, None, None) for p in matches if not Path(p).name.startswith(".")]
             what = f"the pattern {text}"
+            pattern = True
         elif source.is_file():
             rows = [(source, None, None, None)]
             what = source.name
@@ -201,9 +246,12 @@ def find_cases(inputs: str | Path | list[str | Path], *, exclude: Path | None = 
             raise InputError(
                 f"{text} does not exist: give a folder of scans, a glob pattern or a CSV with a path column"
             )
-    if exclude is not None:
-        excluded = Path(exclude).resolve()
-        rows = [r for r in rows if excluded not in (r[0].resolve(), *r[0].resolve().parents)]
+    if outdir is not None:
+        out = Path(outdir).expanduser().resolve()
+        if pattern:  # a pattern may match the heatmaps an earlier run wrote: those are no scans
+            own = [out / HEATMAPS_FOLDER, out / THUMBNAILS_FOLDER]
+            rows = [r for r in rows if not any(f in r[0].resolve().parents for f in own)]
+        _check_apart(out, folder, rows)
     if not rows:
         raise InputError(f"found no scans in {what}: give .npy, .npz, .nii, .nii.gz files or DICOM series folders")
     resolved = [(p.resolve(), key, label, mask) for p, key, label, mask in rows]

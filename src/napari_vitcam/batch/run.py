@@ -32,10 +32,12 @@ from napari_vitcam.batch.cases import BatchSettings, Case, find_cases
 from napari_vitcam.batch.ledger import atomic_write, hold_lock, prepare_outdir, remove_partials, write_record
 from napari_vitcam.batch.report import render_report
 from napari_vitcam.batch.worker import explain_case
-from napari_vitcam.core.errors import InputError, MissingExtraError
+from napari_vitcam.core.errors import DeviceError, InputError, MissingExtraError
 from napari_vitcam.core.vocabulary import one_line
-from napari_vitcam.engine.explainers.registry import get_explainer
+from napari_vitcam.engine.explainers.registry import EXPLAINERS
 from napari_vitcam.pipeline.checks import check_nonfinite_choice, check_upsample, class_index
+from napari_vitcam.pipeline.devices import pick_device
+from napari_vitcam.pipeline.explain import AUTO
 from napari_vitcam.pipeline.frame import ModelFrame
 
 TABLE_FORMATS = ("parquet", "csv")
@@ -112,6 +114,36 @@ def default_workers(device: str) -> int:
     if device != "cpu" and torch.cuda.is_available() and not device.startswith("cuda:"):
         return torch.cuda.device_count()
     return max(1, min(4, os.cpu_count() or 1))
+
+
+def _device_problem(device: str) -> str | None:
+    """Why ``device`` cannot be used here, or None (run on every worker of a cluster the batch did not start)."""
+    try:
+        pick_device(device)
+    except DeviceError as error:
+        return str(error)
+    return None
+
+
+def _check_device(device: str, local: bool) -> None:
+    """Refuse a device name that is no device, and, on a local cluster, a device this machine lacks.
+
+    A running scheduler's workers may have GPUs this machine lacks: they are asked
+    themselves (:func:`_device_problem`) before any case is sent.
+    """
+    import torch
+
+    name = str(device).strip().lower()
+    if local or name == "auto":
+        pick_device(name)
+        return
+    try:
+        kind = torch.device(name).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda", "mps"):
+        pick_device(name)  # the one-line message naming the unknown device
+        raise DeviceError(f"unsupported device {name!r}: choose auto, cpu, cuda, cuda:1 or mps")
 
 
 def _sees(paths: list[str]) -> list[str]:
@@ -315,7 +347,8 @@ def run_batch(
     table_format = _check_format(table_format)
     upsample = check_upsample(upsample)
     check_nonfinite_choice(nonfinite)
-    get_explainer(method)
+    if method != AUTO and method not in EXPLAINERS:
+        raise InputError(f"unknown method {method!r}: choose auto or one of {', '.join(EXPLAINERS)}")
     if orientation:
         orientation = ModelFrame(orientation).orientation
     if tolerance is not None and not tolerance >= 0:
@@ -326,15 +359,17 @@ def run_batch(
         raise InputError("--workers sizes a local cluster: with a running scheduler, start workers with 'dask worker'")
     if scheduler and client is not None:
         raise InputError("give a scheduler address or a client, not both")
-    cases = find_cases(inputs, exclude=Path(outdir).expanduser().resolve())
+    _check_device(device, local=not scheduler and client is None)
+    cases = find_cases(inputs, outdir=Path(outdir))
     _distributed()
     checkpoint = Path(checkpoint).expanduser().resolve()
 
     from napari_vitcam.models.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(checkpoint, trust=trust, device="cpu")
-    target = target_layer or loaded.spec.target_layer
-    if not target or target not in dict(loaded.model.named_modules()):
+    # with auto and no --target, each worker's explain_volume takes the layer chosen with the method
+    target = target_layer if method == AUTO else target_layer or loaded.spec.target_layer
+    if (target is not None or method != AUTO) and (not target or target not in dict(loaded.model.named_modules())):
         raise InputError(
             f"the model has no layer {target!r}: list the candidates with the widget or pass another --target"
         )
@@ -353,6 +388,11 @@ def run_batch(
             worker_count = len(dask_client.nthreads())
             if worker_count == 0:
                 raise InputError("the Dask cluster has no workers: start some with 'dask worker SCHEDULER_ADDRESS'")
+            if scheduler or client is not None:
+                problems = dask_client.run(_device_problem, device)
+                where, problem = next(((w, p) for w, p in sorted(problems.items()) if p), (None, None))
+                if problem:
+                    raise DeviceError(f"on the Dask worker {where}: {problem}")
             unseen = {p for missing in dask_client.run(_sees, [str(checkpoint), str(out)]).values() for p in missing}
             if unseen:
                 raise InputError(
@@ -389,9 +429,19 @@ def run_batch(
     )
     run.seconds = time.perf_counter() - started
     _write_table(run.table, rows, table_format)
-    title = f"napari-vitcam batch: {checkpoint.name}, {method} at {target}"
+    title = f"napari-vitcam batch: {checkpoint.name}, {_how(rows, method, target)}"
     atomic_write(run.report, render_report(run.report, rows, out, title=title, summary=run.summary()).encode())
     return run
+
+
+def _how(rows: Sequence[dict[str, Any]], method: str, target: str | None) -> str:
+    """The report's "METHOD at LAYER": with auto, the method(s) and layer(s) the finished cases used."""
+    if method != AUTO:
+        return f"{method} at {target}"
+    used = sorted({(str(r["method"]), r["target_layer"]) for r in rows if r["status"] == "ok"}, key=str)
+    if not used:
+        return "auto"
+    return "auto: " + ", ".join(m if layer is None else f"{m} at {layer}" for m, layer in used)
 
 
 def _gather(client: Any, cases: list[Case], settings: BatchSettings, run_id: str, progress: bool) -> dict[str, dict]:
@@ -440,14 +490,18 @@ def explain_many(*args: Any, **kwargs: Any) -> Any:
         inputs: a folder, a glob pattern, a CSV with a ``path`` column (and optionally ``label``,
             ``mask``, ``key``), or a list of paths.
         outdir: the output folder (created; shared by every worker).
-        method: the explainer (``gradcam``...).
-        target_layer: the layer to explain (default: the checkpoint's recommendation).
+        method: the explainer (``gradcam``...), or ``auto``: the one chosen for this kind of model
+            (:func:`~napari_vitcam.models.targets.method_for`, as ``napari-vitcam explain --method auto``);
+            the table's ``method`` and ``target_layer`` columns say what each case used.
+        target_layer: the layer to explain (default: the checkpoint's recommendation; with ``auto``,
+            the layer chosen with the method).
         class_idx: the class to explain, a name or an index (default: each scan's predicted class).
         upsample: how token maps become voxel maps (``smooth`` or ``patch``...).
         orientation: the model's frame (``RAS``...): scans with geometry are reoriented to it.
         nonfinite: ``error`` (a scan with NaN/Inf voxels is an error row) or ``replace``.
         tolerance: the pointing game's tolerance in voxels (default: half a token).
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...: checked before any case runs (on a
+            running scheduler's workers, by the workers themselves).
         trust: allow full unpickling of the checkpoint (only for files you trust).
         workers: local cluster size (default: one per GPU, else one per core, at most 4).
         scheduler: the address of a running Dask scheduler (``tcp://host:8786``) instead of a local cluster.

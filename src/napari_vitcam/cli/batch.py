@@ -34,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--method",
         default="gradcam",
-        help=f"one of {', '.join(EXPLAINERS)}",
+        help=f"explainer: gradcam (default), auto (the one chosen for this kind of model, see docs/evaluation.md; "
+        f"the table names the method used) or one of {', '.join(EXPLAINERS)}",
     )
     parser.add_argument("--target", default=None, help="target layer (default: the checkpoint's recommendation)")
     parser.add_argument("--class", dest="class_idx", default=None, help="class name or index (default: predicted)")
