@@ -115,3 +115,47 @@ def test_other_threads_keep_torch_sdpa_while_one_thread_reads_attention():
         F.scaled_dot_product_attention(q, k, v)
     assert len(recorded) == 1 and len(other) == 1
     torch.testing.assert_close(other[0], F.scaled_dot_product_attention(q, k, v))
+
+
+def test_two_threads_capturing_at_once_each_record_their_own_attention():
+    """Thread A opens a capture, B opens one, A closes, then B computes: B still records, and nothing stays patched."""
+    import threading
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 5, 4, generator=g) for _ in range(3))
+    fused = F.scaled_dot_product_attention
+    a_open, b_open, a_closed = threading.Event(), threading.Event(), threading.Event()
+    records: dict[str, list] = {"a": [], "b": []}
+
+    def first():
+        with explicit_attention(records["a"].append):
+            a_open.set()
+            b_open.wait(10)
+            F.scaled_dot_product_attention(q, k, v)
+        a_closed.set()
+
+    def second():
+        a_open.wait(10)
+        with explicit_attention(records["b"].append):
+            b_open.set()
+            a_closed.wait(10)
+            F.scaled_dot_product_attention(q * 2, k, v)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert len(records["a"]) == 1 and len(records["b"]) == 1
+    torch.testing.assert_close(records["b"][0], ((q * 2) @ k.transpose(-2, -1) / 2.0).softmax(-1))
+    assert F.scaled_dot_product_attention is fused
+
+
+def test_a_function_imported_under_its_own_name_is_read_too():
+    from torch.nn.functional import scaled_dot_product_attention as imported
+
+    q = torch.randn(1, 2, 5, 4, generator=torch.Generator().manual_seed(4))
+    recorded = []
+    with explicit_attention(recorded.append):
+        imported(q, q, q)
+    assert len(recorded) == 1

@@ -11,22 +11,23 @@ forward pass makes them. That finds:
 * any model that passes them through a module (an identity, a dropout),
 * and attention computed by ``torch.nn.functional.scaled_dot_product_attention``
   (this package's ``ViT3D``, MONAI's flash-attention path, timm): while the
-  context is open that function is replaced by an explicit
-  ``softmax(q k^T * scale + mask) v`` that yields the same result and records
-  its probabilities, so they can be read and differentiated.
+  context is open, calls to that function from the capturing thread go to an
+  explicit ``softmax(q k^T * scale + mask) v`` that yields the same result
+  and records its probabilities, so they can be read and differentiated
+  (through a torch function mode: nothing is patched).
 """
 
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from napari_vitcam.core.errors import TargetLayerError
 from napari_vitcam.engine.introspect import find_block_list
@@ -107,27 +108,37 @@ def _explicit_sdpa(record):
     return sdpa
 
 
+_FUSED_SDPA = torch._C._nn.scaled_dot_product_attention
+"""torch's own function, whatever name a model reached it by (``F.scaled_dot_product_attention`` or an import)."""
+
+
+class _ExplicitAttentionMode(TorchFunctionMode):
+    """Sends ``scaled_dot_product_attention`` calls to an explicit twin; every other call goes on unchanged."""
+
+    def __init__(self, explicit: Callable[..., torch.Tensor]):
+        super().__init__()
+        self.explicit = explicit
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is _FUSED_SDPA:
+            return self.explicit(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
 @contextmanager
 def explicit_attention(record) -> Iterator[None]:
-    """Replace ``F.scaled_dot_product_attention`` by an explicit twin that calls ``record(probs)``.
+    """Compute ``scaled_dot_product_attention`` explicitly inside the context, calling ``record(probs)``.
 
-    Only calls from the thread that opened the context take the explicit path;
-    other threads keep torch's fused function.
+    Nothing is patched: a torch function mode intercepts the calls, and torch
+    keeps function modes per thread, so only the thread that opened the
+    context takes the explicit path. Other threads (another model explained
+    at the same time) keep torch's fused function and never see this
+    context's records; a model that imported the function under its own
+    name is intercepted too.
     """
-    original = F.scaled_dot_product_attention
-    owner = threading.get_ident()
-    explicit = _explicit_sdpa(record)
-
-    def dispatch(*args, **kwargs):
-        if threading.get_ident() != owner:
-            return original(*args, **kwargs)
-        return explicit(*args, **kwargs)
-
-    F.scaled_dot_product_attention = dispatch
-    try:
+    with _ExplicitAttentionMode(_explicit_sdpa(record)):
         yield
-    finally:
-        F.scaled_dot_product_attention = original
 
 
 def _block_of(name: str, blocks: list[str]) -> str:
