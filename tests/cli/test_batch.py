@@ -88,9 +88,8 @@ def test_batch_method_auto_names_the_method_each_case_used_and_resumes(tmp_path:
 
     cohort = make_cohort(tmp_path / "cohort", count=2)
     out = tmp_path / "out"
-    # one in-process worker: two worker threads capturing attention at once disturb each other's capture
-    # (engine.attention.explicit_attention swaps a module-level function), which is not what this tests
-    args = ["batch", str(cohort.checkpoint), str(cohort.table), "-o", str(out), "--workers", "1", "--in-process"]
+    # two in-process workers: two threads capture attention at once, each its own
+    args = ["batch", str(cohort.checkpoint), str(cohort.table), "-o", str(out), "--workers", "2", "--in-process"]
     args += ["--device", "cpu", "--format", "csv", "--no-progress", "--method", "auto"]
     assert main(args) == 0, capsys.readouterr().err
     assert "3 cases: 3 explained, 0 already done, 0 failed" in capsys.readouterr().out
