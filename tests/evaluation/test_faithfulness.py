@@ -179,6 +179,17 @@ def test_a_map_that_ignores_the_read_patch_does_not_beat_random(region_reader):
     assert right.cells == 6 and len(right.random_drops) == 7
 
 
+def test_the_blur_baseline_is_a_gaussian_with_mirrored_edges():
+    from scipy.ndimage import gaussian_filter
+
+    x = torch.randn(1, 2, 30, 20, 24, generator=torch.Generator().manual_seed(0))
+    grid = TokenGrid((5, 4, 6), (6.0, 5.0, 4.0), (30, 20, 24))  # cells of 6, 5 and 4 voxels: sigma = one cell
+    blurred = baseline_input(x, "blur", grid)
+    for channel in range(2):  # scipy's "mirror" is torch's "reflect"; both cut at 3 sigma (18, 15 and 12 voxels)
+        expected = gaussian_filter(x[0, channel].double().numpy(), sigma=(6.0, 5.0, 4.0), mode="mirror", truncate=3.0)
+        np.testing.assert_allclose(blurred[0, channel].numpy(), expected, atol=1e-5)
+
+
 def test_baselines_are_recorded_and_compared(region_reader):
     x = region_reader.bright_input()
     grid = grid_from_patches((16, 16, 16), (4, 4, 4))

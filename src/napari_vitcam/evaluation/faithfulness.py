@@ -32,7 +32,6 @@ from typing import Literal, get_args
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from napari_vitcam.core.errors import Cancelled, InputError
@@ -197,22 +196,33 @@ def cell_index(grid: TokenGrid, device: torch.device) -> torch.Tensor:
     return torch.where((i < 0) | (j < 0) | (k < 0), torch.full_like(flat, -1), flat)
 
 
+def _blur_matrix(size: int, sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(size, size): a Gaussian of ``sigma`` (cut at 3 sigma, at most ``size - 1``) with reflected edges, as a matrix.
+
+    Row ``i`` holds the weights output voxel ``i`` takes from each input voxel:
+    a separable blur is then one small matrix product per axis, far cheaper on
+    a CPU than a convolution with a long kernel.
+    """
+    radius = min(max(1, math.ceil(3 * sigma)), size - 1)
+    if radius < 1:
+        return torch.eye(size, device=device, dtype=dtype)
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    weights = torch.exp(-0.5 * (taps / sigma) ** 2)
+    weights = weights / weights.sum()
+    index = torch.arange(size)[:, None] + taps.long()[None, :]
+    index = torch.where(index < 0, -index, index)  # reflect, as F.pad(mode="reflect")
+    index = torch.where(index > size - 1, 2 * (size - 1) - index, index)
+    matrix = torch.zeros(size, size, dtype=torch.float64)
+    matrix.scatter_add_(1, index, weights.expand(size, -1).contiguous())
+    return matrix.to(device, dtype)
+
+
 def _blur(x: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
-    """A separable Gaussian blur of (1, C, D, H, W), reflect-padded, per channel."""
+    """A separable Gaussian blur of (1, C, D, H, W) along each spatial axis, reflect-padded, per channel."""
     out = x
-    channels = x.shape[1]
     for axis, s in enumerate(sigma):
-        radius = max(1, math.ceil(3 * s))
-        radius = min(radius, x.shape[2 + axis] - 1)
-        if radius < 1:
-            continue
-        taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-        kernel = torch.exp(-0.5 * (taps / s) ** 2)
-        kernel = (kernel / kernel.sum()).reshape(1, 1, -1, 1, 1)
-        kernel = kernel.movedim(2, 2 + axis).expand(channels, 1, *kernel.movedim(2, 2 + axis).shape[2:])
-        pad = [0, 0, 0, 0, 0, 0]
-        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
-        out = F.conv3d(F.pad(out, pad, mode="reflect"), kernel, groups=channels)
+        matrix = _blur_matrix(x.shape[2 + axis], float(s), x.device, x.dtype)
+        out = torch.movedim(torch.movedim(out, 2 + axis, -1) @ matrix.T, -1, 2 + axis)
     return out
 
 
