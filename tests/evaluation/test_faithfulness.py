@@ -190,6 +190,22 @@ def test_the_blur_baseline_is_a_gaussian_with_mirrored_edges():
         np.testing.assert_allclose(blurred[0, channel].numpy(), expected, atol=1e-5)
 
 
+def test_a_known_probability_saves_one_input_and_changes_nothing(region_reader):
+    x = region_reader.bright_input()
+    grid = grid_from_patches((16, 16, 16), (4, 4, 4))
+    token_map = read_patch_map(region_reader)
+    with torch.no_grad():
+        known = float(region_reader(x).softmax(1)[0, 1])
+    sizes = count_inputs(region_reader)
+    measured = agreement(region_reader, x, token_map, grid, 1, baseline="mean")
+    assert sum(sizes) == 7 + 2
+    sizes.clear()
+    given = agreement(region_reader, x, token_map, grid, 1, baseline="mean", probability=known)
+    assert sum(sizes) == 7 + 1 and given.probability == known
+    assert given.drop == pytest.approx(measured.drop, abs=1e-6)
+    np.testing.assert_allclose(given.random_drops, measured.random_drops, atol=1e-6)
+
+
 def test_baselines_are_recorded_and_compared(region_reader):
     x = region_reader.bright_input()
     grid = grid_from_patches((16, 16, 16), (4, 4, 4))

@@ -265,7 +265,14 @@ def _model_checks(
     )
     return tuple(
         agreement(
-            model, x, explanation.token_cam, explanation.grid, explanation.class_idx, baseline=baseline, cancel=cancel
+            model,
+            x,
+            explanation.token_cam,
+            explanation.grid,
+            explanation.class_idx,
+            baseline=baseline,
+            cancel=cancel,
+            probability=float(explanation.probabilities[explanation.class_idx]),
         )
         for baseline in CHECK_BASELINES
     )

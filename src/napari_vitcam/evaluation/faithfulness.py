@@ -597,10 +597,12 @@ def agreement(
     seed: int = 0,
     batch_size: int = 8,
     cancel: threading.Event | None = None,
+    probability: float | None = None,
 ) -> Agreement:
     """The class probability's drop when the map's top ``share`` of cells is removed, against random cells.
 
-    ``draws + 2`` inputs in batches of ``batch_size``: cheap enough to run after every explanation.
+    ``draws + 2`` inputs (``draws + 1`` with ``probability``) in batches of ``batch_size``: cheap enough to run
+    after every explanation.
 
     Args:
         model, x, token_map, grid, class_idx: as for :func:`perturbation_curves`.
@@ -611,6 +613,7 @@ def agreement(
         seed: for the random sets.
         batch_size: inputs per forward pass.
         cancel: set it to stop before the next batch (raises :class:`~napari_vitcam.core.errors.Cancelled`).
+        probability: the class probability on ``x`` when it is known (the explanation's own): one input less.
     """
     values = _check_inputs(x, token_map, grid).to(x.device)
     n = grid.n_tokens
@@ -622,9 +625,11 @@ def agreement(
         ties = torch.Generator(device="cpu").manual_seed(seed + 1)
         orders = [ranked_order(values, ties).to(x.device)]
         orders += [torch.randperm(n, generator=generator).to(x.device) for _ in range(draws)]
-        probabilities = prober.hidden(orders, [(0, 0)] + [(i, cells) for i in range(len(orders))], cancel=cancel)
-    full, *after = probabilities.cpu().numpy().astype(np.float64).tolist()
-    drops = full - np.array(after)
+        whole = [] if probability is not None else [(0, 0)]
+        probabilities = prober.hidden(orders, whole + [(i, cells) for i in range(len(orders))], cancel=cancel)
+    measured = probabilities.cpu().numpy().astype(np.float64).tolist()
+    full = float(probability) if probability is not None else measured.pop(0)
+    drops = full - np.array(measured)
     return Agreement(
         class_idx=int(class_idx),
         cells=cells,
