@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from napari_vitcam.cli.options import add_device, add_nonfinite, add_target_and_class, add_trust
 from napari_vitcam.core.errors import VitcamError
 from napari_vitcam.core.vocabulary import UPSAMPLE_MODES, one_line
 from napari_vitcam.engine.explainers import EXPLAINERS
@@ -37,21 +38,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"explainer: gradcam (default), auto (the one chosen for this kind of model, see docs/evaluation.md; "
         f"the table names the method used) or one of {', '.join(EXPLAINERS)}",
     )
-    parser.add_argument("--target", default=None, help="target layer (default: the checkpoint's recommendation)")
-    parser.add_argument("--class", dest="class_idx", default=None, help="class name or index (default: predicted)")
+    add_target_and_class(parser)
     parser.add_argument("--upsample", default="smooth", choices=UPSAMPLE_MODES)
     parser.add_argument("--orientation", default=None, metavar="CODES", help="the model's frame, e.g. RAS")
-    parser.add_argument(
-        "--nonfinite",
-        default="error",
-        choices=("error", "replace"),
-        help="scans with NaN/Inf voxels: an error row (default) or replace them",
-    )
+    add_nonfinite(parser, "scans with NaN/Inf voxels: an error row (default) or replace them")
     parser.add_argument(
         "--tolerance", type=float, default=None, help="pointing tolerance in voxels (default: half a token)"
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1...")
-    parser.add_argument("--trust", action="store_true", help="allow full unpickling (only for files you trust)")
+    add_device(parser)
+    add_trust(parser)
     parser.add_argument(
         "--workers", type=int, default=None, help="local workers (default: one per GPU, else one per core, at most 4)"
     )

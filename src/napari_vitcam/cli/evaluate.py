@@ -36,12 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_vitcam.cli.options import add_device, add_nonfinite, add_target_and_class, add_trust
 from napari_vitcam.core.errors import InputError, VitcamError
 from napari_vitcam.core.vocabulary import UPSAMPLE_MODES, one_line
 from napari_vitcam.engine.explainers import EXPLAINERS, get_explainer
 from napari_vitcam.engine.introspect import resolve_module
 from napari_vitcam.evaluation.faithfulness import BASELINES
-from napari_vitcam.pipeline.checks import NONFINITE_CHOICES, NonFinite, check_volume_finite, class_index
+from napari_vitcam.pipeline.checks import NonFinite, check_volume_finite, class_index
 from napari_vitcam.pipeline.devices import pick_device
 from napari_vitcam.volumes.base import Volume, path_suffix
 from napari_vitcam.volumes.geometry import permuted, world_view
@@ -392,8 +393,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"explainer: auto (the one chosen for this kind of model, see docs/evaluation.md) or one of "
         f"{', '.join(EXPLAINERS)} (default: gradcam)",
     )
-    parser.add_argument("--target", default=None, help="target layer (default: the checkpoint's recommendation)")
-    parser.add_argument("--class", dest="class_idx", default=None, help="class name or index (default: predicted)")
+    add_target_and_class(parser)
     parser.add_argument("--upsample", default="smooth", choices=UPSAMPLE_MODES)
     parser.add_argument(
         "--compare",
@@ -408,17 +408,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--random-orders", type=int, default=3, help="random orders in the band")
     parser.add_argument("--batch-size", type=int, default=8, help="perturbed inputs per forward pass")
     parser.add_argument("--no-randomization", action="store_true", help="skip the randomisation test")
-    parser.add_argument(
-        "--nonfinite",
-        default="error",
-        choices=NONFINITE_CHOICES,
-        help="NaN/Inf voxels: refuse the volume (error, the default) or replace them "
-        "(NaN by 0, ±Inf by the volume's finite extremes)",
-    )
-    parser.add_argument("--device", default="auto")
+    add_nonfinite(parser)
+    add_device(parser)
     parser.add_argument("-o", "--output", type=Path, default=Path("results.csv"), help="CSV file (default results.csv)")
     parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
-    parser.add_argument("--trust", action="store_true", help="allow full unpickling (only for files you trust)")
+    add_trust(parser)
     args = parser.parse_args(argv)
     if args.class_idx is not None and args.class_idx.lstrip("-").isdigit():
         args.class_idx = int(args.class_idx)

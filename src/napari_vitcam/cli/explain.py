@@ -25,10 +25,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from napari_vitcam.cli.options import add_device, add_nonfinite, add_target_and_class, add_trust
 from napari_vitcam.core.errors import VitcamError
 from napari_vitcam.core.vocabulary import UPSAMPLE_MODES, one_line
 from napari_vitcam.engine.explainers import EXPLAINERS
-from napari_vitcam.pipeline.checks import NONFINITE_CHOICES, check_volume_finite
+from napari_vitcam.pipeline.checks import check_volume_finite
 from napari_vitcam.pipeline.devices import pick_device
 from napari_vitcam.pipeline.frame import ModelFrame
 from napari_vitcam.pipeline.provenance import heatmap_provenance
@@ -80,8 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
     parser.add_argument("--key", default=None, help="the array to explain in an .npz holding several")
-    parser.add_argument("--target", default=None, help="target layer (default: the checkpoint's recommendation)")
-    parser.add_argument("--class", dest="class_idx", default=None, help="class name or index (default: predicted)")
+    add_target_and_class(parser)
     parser.add_argument(
         "--method",
         default="gradcam",
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="explainer (default: gradcam; auto: the one chosen for this kind of model, see docs/evaluation.md)",
     )
     parser.add_argument("--upsample", default="smooth", choices=UPSAMPLE_MODES)
-    parser.add_argument("--device", default="auto")
+    add_device(parser)
     parser.add_argument(
         "--orientation",
         default=None,
@@ -97,14 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the orientation the model was trained on, e.g. RAS: a NIfTI/DICOM scan is reoriented to it "
         "(default: the checkpoint's, else the axes in world order S, P, L, as napari shows them)",
     )
-    parser.add_argument(
-        "--nonfinite",
-        default="error",
-        choices=NONFINITE_CHOICES,
-        help="NaN/Inf voxels: refuse the volume (error, the default) or replace them "
-        "(NaN by 0, ±Inf by the volume's finite extremes)",
-    )
-    parser.add_argument("--trust", action="store_true", help="allow full unpickling (only for files you trust)")
+    add_nonfinite(parser)
+    add_trust(parser)
     args = parser.parse_args(argv)
 
     class_idx = args.class_idx
