@@ -508,6 +508,7 @@ class VitcamWidget(QWidget):
         self.viewer.dims.set_point(self.viewer.dims.ndim - 4, first)
         self._sweep_layer = layer
         self._outcome = layer
+        self.prediction.show_sweep(sweep, request.source.name)
         self.check_label.setText("")
         self._show_sweep_slice()
 
