@@ -167,3 +167,22 @@ def test_cancel_during_the_check_cancels_the_run(widget):
     assert stages[-1] == "check"
     done = explain_task(request)(lambda stage: None, threading.Event())  # uncancelled, the same request is checked
     assert len(done.checks) == 2
+
+
+def test_a_sweep_shows_the_prediction_for_the_volume_it_swept(qtbot, widget, vit_model):
+    rng = np.random.default_rng(3)
+    widget.viewer.add_image(rng.normal(size=(16, 16, 16)).astype(np.float32), name="first")
+    use(qtbot, widget, vit_model)
+    run(qtbot, widget)
+    assert "Predicted for first" in widget.prediction.headline.text()
+    data = rng.normal(size=(16, 16, 16)).astype(np.float32)
+    widget.viewer.add_image(data, name="second")
+    widget.select_layer("second")
+    choose(widget.class_combo, SWEEP_CLASSES)
+    layer = run(qtbot, widget)
+    alone = explain_volume(vit_model, data, device="cpu")
+    assert f"Predicted for second: <b>{alone.predicted_name}</b>" in widget.prediction.headline.text()
+    shown = [(name, float(p.rstrip(" %")) / 100) for name, p in widget.prediction.rows()]
+    assert [name for name, _ in shown] == [name for name, _ in alone.ranked_probabilities]
+    np.testing.assert_allclose([p for _, p in shown], [p for _, p in alone.ranked_probabilities], atol=1e-3)
+    assert layer.metadata["predicted_class"] == alone.predicted_name

@@ -416,3 +416,17 @@ def test_the_probabilities_shown_are_the_models_own_output(qtbot, viewer, widget
     assert layer.metadata["score_layer"] == "classification_head.0"
     assert "classification_head.0 (before the model's output activation)" in widget.prediction.scores.text()
     assert "the model's output" in widget.prediction.scores.text()
+
+
+def test_a_checkpoint_cannot_be_chosen_while_a_run_is_going(qtbot, viewer, widget, checkpoint, tmp_path):
+    other_model, spec = small_vit(classes=("a", "b"))
+    other = save_checkpoint(tmp_path / "other.safetensors", other_model, spec)
+    load(qtbot, widget, other)
+    load(qtbot, widget, checkpoint)  # both are now recent checkpoints in the combo box
+    viewer.add_image(volume(), name="scan")
+    with qtbot.waitSignal(widget.run_finished, timeout=TIMEOUT_MS):
+        assert widget.run()
+        assert not widget.checkpoint_combo.isEnabled()  # picking a recent checkpoint would do nothing
+        assert not widget.load(other)
+        assert widget.checkpoint_combo.currentText() == str(checkpoint)  # still names the model in use
+    assert widget.checkpoint_combo.isEnabled()

@@ -136,3 +136,18 @@ def test_a_missing_folder_reaches_the_user_instead_of_no_writer_fits(tmp_path):
     viewer.layers.selection = {layer}
     with pytest.raises(LayerWriteError, match=r"the folder .*gone does not exist"):
         viewer.layers.save(str(tmp_path / "gone" / "t.nii"), selected=True, plugin="napari-vitcam")
+
+
+def test_a_heatmap_is_never_written_over_the_scan_it_explains(tmp_path, loaded):
+    scan = np.random.default_rng(2).normal(size=(12, 20, 18)).astype(np.float32)
+    source_path = write_nifti(tmp_path / "scan.nii.gz", scan, np.diag([0.8, 0.8, 2.0, 1.0]))
+    before = source_path.read_bytes()
+    viewer = ViewerModel()
+    (source,) = viewer.open(str(source_path), plugin="napari-vitcam")
+    heat = explain_layer(viewer, source, loaded)
+    assert heat.metadata["source_file"] == str(source_path.resolve())
+    viewer.layers.selection = {heat}
+    with pytest.raises(LayerWriteError, match=r"^scan\.nii\.gz is the scan .*'scan'.*another file name$"):
+        viewer.layers.save(str(tmp_path / "." / "scan.nii.gz"), selected=True, plugin="napari-vitcam")
+    assert source_path.read_bytes() == before
+    save(viewer, heat, tmp_path / "heat.nii.gz")  # any other name is written

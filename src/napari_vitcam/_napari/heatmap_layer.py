@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from napari.layers import Image, Layer
 
 from napari_vitcam._napari.layer_input import VolumeSelection
+from napari_vitcam._napari.reader import METADATA_KEY
 from napari_vitcam.core.errors import InputError
 from napari_vitcam.core.vocabulary import name_of_class
 from napari_vitcam.engine.explainers import explainer_label
@@ -90,6 +92,15 @@ def source_transforms(source: Layer) -> dict:
     }
 
 
+def source_file(layer: Layer) -> str | None:
+    """The file or folder ``layer`` was opened from (absolute), or None: a heatmap is never saved over it."""
+    path = layer.source.path
+    if not path:
+        described = layer.metadata.get(METADATA_KEY) if isinstance(layer.metadata, dict) else None
+        path = described.get("source") if isinstance(described, dict) else None
+    return str(Path(path).expanduser().resolve()) if path else None
+
+
 def heatmap_metadata(
     explanation: VolumeExplanation,
     loaded: LoadedModel,
@@ -120,6 +131,7 @@ def heatmap_metadata(
         "timings": {stage: float(seconds) for stage, seconds in timings.items()},
         "source_layer": source.name,
         "source_layer_id": str(source.unique_id),
+        "source_file": source_file(source),
         "selection": selection.describe(),
         "score_layer": explanation.score_layer,
         "scores_explained": explanation.scores_explained,
@@ -269,6 +281,7 @@ def sweep_metadata(sweep: VolumeSweep, loaded: LoadedModel, source: Layer, selec
         "timings": {stage: float(seconds) for stage, seconds in sweep.timings.items()},
         "source_layer": source.name,
         "source_layer_id": str(source.unique_id),
+        "source_file": source_file(source),
         "selection": selection.describe(),
     }
 

@@ -7,7 +7,9 @@ from html import escape
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
+from napari_vitcam.core.vocabulary import name_of_class
 from napari_vitcam.pipeline.explain import VolumeExplanation
+from napari_vitcam.pipeline.sweep import VolumeSweep
 
 
 def format_probability(probability: float) -> str:
@@ -39,15 +41,30 @@ class PredictionView(QWidget):
         layout.addWidget(self.scores)
 
     def show_explanation(self, explanation: VolumeExplanation, source_name: str) -> None:
-        ranked = explanation.ranked_probabilities
-        self.headline.setText(
-            f"Predicted for {escape(source_name)}: <b>{escape(explanation.predicted_name)}</b> "
-            f"({format_probability(ranked[0][1])})"
-        )
-        self.scores.setText(
+        self._show(
+            source_name,
+            explanation.predicted_name,
+            explanation.ranked_probabilities,
             f"Probabilities: the model's output. Map: the {explanation.class_name} score "
-            f"of {explanation.scores_explained}."
+            f"of {explanation.scores_explained}.",
         )
+
+    def show_sweep(self, sweep: VolumeSweep, source_name: str) -> None:
+        """What the model predicted for the volume a sweep explained (a sweep's maps share one forward pass)."""
+        ranked = sorted(
+            ((name_of_class(sweep.class_names, i), float(p)) for i, p in enumerate(sweep.probabilities)),
+            key=lambda item: -item[1],
+        )
+        what = "block" if sweep.over == "blocks" else "class"
+        self._show(
+            source_name, sweep.predicted_name, ranked, f"Probabilities: the model's output. Maps: one per {what}."
+        )
+
+    def _show(self, source_name: str, predicted: str, ranked: list[tuple[str, float]], note: str) -> None:
+        self.headline.setText(
+            f"Predicted for {escape(source_name)}: <b>{escape(predicted)}</b> ({format_probability(ranked[0][1])})"
+        )
+        self.scores.setText(note)
         self.table.setRowCount(len(ranked))
         for row, (name, probability) in enumerate(ranked):
             self.table.setItem(row, 0, QTableWidgetItem(name))

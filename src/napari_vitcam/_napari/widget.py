@@ -244,6 +244,8 @@ class VitcamWidget(QWidget):
 
     def load(self, path: str | os.PathLike, *, trust: bool = False) -> bool:
         """Load a checkpoint in a worker; returns False if another job is running."""
+        if self._job is not None:  # the combo box keeps naming the model in use
+            return False
         path = Path(path).expanduser()
         self.checkpoint_combo.setEditText(str(path))
         return self._start("load", load_task(path, trust=trust), partial(self._on_loaded, path=path))
@@ -506,6 +508,7 @@ class VitcamWidget(QWidget):
         self.viewer.dims.set_point(self.viewer.dims.ndim - 4, first)
         self._sweep_layer = layer
         self._outcome = layer
+        self.prediction.show_sweep(sweep, request.source.name)
         self.check_label.setText("")
         self._show_sweep_slice()
 
@@ -583,3 +586,4 @@ class VitcamWidget(QWidget):
         self.cancel_button.setEnabled(not idle)
         self.load_button.setEnabled(idle)
         self.browse_button.setEnabled(idle)
+        self.checkpoint_combo.setEnabled(idle)

@@ -41,8 +41,14 @@ def write_nifti(path: str, data: Any, attributes: dict) -> list[str]:
     array = np.asarray(data)
     if array.ndim != 3:
         raise LayerWriteError(f"only 3D layers can be saved as NIfTI, this one has shape {array.shape}")
-    order, affine = nifti_geometry(data_to_world(attributes, 3))
     provenance = dict(attributes.get("metadata") or {})
+    scan = provenance.get("source_file")
+    if scan and Path(path).expanduser().resolve() == Path(scan):
+        raise LayerWriteError(
+            f"{Path(path).name} is the scan this heatmap explains (layer {provenance.get('source_layer', '')!r}): "
+            "save the heatmap under another file name"
+        )
+    order, affine = nifti_geometry(data_to_world(attributes, 3))
     provenance.setdefault("layer_name", attributes.get("name", ""))
     try:
         written = write_heatmap(
