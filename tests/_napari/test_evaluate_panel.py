@@ -168,6 +168,17 @@ def test_the_occlusion_map_is_drawn_beside_the_map(qtbot, viewer, widget, reader
     assert panel.comparable_occlusion() is None
 
 
+def test_results_for_a_removed_heatmap_layer_say_where_they_are_kept(qtbot, viewer, widget):
+    panel = widget.evaluate
+    heatmap = panel.layer
+    assert heatmap is not None
+    viewer.layers.remove(heatmap)
+    panel.choose_baseline("mean")
+    evaluate(qtbot, panel, panel.check_model)
+    assert "heatmap layer was removed" in panel.verdict.text()
+    assert "evaluation" not in heatmap.metadata and panel.rows()
+
+
 def test_a_reference_layer_as_the_baseline(qtbot, viewer, widget, reader):
     panel = widget.evaluate
     healthy = viewer.add_image(np.zeros((16, 16, 16), np.float32), name="healthy")

@@ -770,7 +770,13 @@ class EvaluatePanel(QGroupBox):
                 )
             else:
                 lines.append(f"randomisation: the map changes (final rank corr. {chance.final_correlation:.2f})")
+        if lines and not self._layer_kept():
+            lines.append("the heatmap layer was removed: these results are kept only here (Copy table keeps them)")
         return "\n".join(lines)
+
+    def _layer_kept(self) -> bool:
+        """Whether the run's heatmap layer is still in the viewer (its metadata receives the results)."""
+        return self.layer is not None and self.layer in self.viewer.layers
 
     def rows(self) -> list[tuple[str, str, str, str]]:
         masks = self.results.get("mask")
@@ -823,6 +829,6 @@ class EvaluatePanel(QGroupBox):
     def _record(self) -> None:
         """Into the metadata of the run's heatmap layer only: a layer this plugin made, still in the viewer."""
         layer = self.layer
-        if layer is None or layer not in self.viewer.layers:
+        if layer is None or not self._layer_kept():
             return
         layer.metadata = {**layer.metadata, "evaluation": self.metadata()}
