@@ -168,6 +168,31 @@ def test_the_occlusion_map_is_drawn_beside_the_map(qtbot, viewer, widget, reader
     assert panel.comparable_occlusion() is None
 
 
+def test_a_second_map_of_the_same_volume_reuses_the_random_band(qtbot, viewer, widget, reader):
+    panel = widget.evaluate
+    panel.choose_baseline("mean")
+    first = evaluate(qtbot, panel, panel.check_model)
+    run_method(qtbot, widget, "gradcam")  # another map of the same volume, class and model
+    sizes: list[int] = []
+    hook = reader.register_forward_pre_hook(lambda _module, args: sizes.append(int(args[0].shape[0])))
+    try:
+        second = evaluate(qtbot, panel, panel.check_model)
+        assert sum(sizes) == 2 * 15  # only the new map's own curves ran
+        np.testing.assert_array_equal(second.deletion.random, first.deletion.random)
+        sizes.clear()
+        panel.choose_baseline("blur")  # another baseline: another band
+        evaluate(qtbot, panel, panel.check_model)
+        assert sum(sizes) == 77
+        sizes.clear()
+        viewer.layers["scan"].data = reader.bright_input(seed=3)[0, 0].numpy()  # another volume: another band
+        run_method(qtbot, widget, "hirescam")
+        sizes.clear()
+        evaluate(qtbot, panel, panel.check_model)
+        assert sum(sizes) == 77
+    finally:
+        hook.remove()
+
+
 def test_results_for_a_removed_heatmap_layer_say_where_they_are_kept(qtbot, viewer, widget):
     panel = widget.evaluate
     heatmap = panel.layer

@@ -144,6 +144,27 @@ def test_cells_of_equal_value_are_ranked_in_random_order():
     assert len(set(rest)) == 3 and rest[0] != tuple(i for i in range(64) if i not in (1, 27))
 
 
+@pytest.mark.parametrize("band_mode", ["deletion", "insertion"])
+def test_a_band_computed_for_one_map_serves_another(region_reader, band_mode):
+    x = region_reader.bright_input()
+    grid = grid_from_patches((16, 16, 16), (4, 4, 4))
+    first = deletion_and_insertion(region_reader, x, read_patch_map(region_reader), grid, 1, baseline="noise", seed=5)
+    other = torch.rand(grid.shape, generator=torch.Generator().manual_seed(1))  # another map of the same input
+    alone = deletion_and_insertion(region_reader, x, other, grid, 1, baseline="noise", seed=5)
+    sizes = count_inputs(region_reader)
+    reused = deletion_and_insertion(region_reader, x, other, grid, 1, baseline="noise", seed=5, band=first[band_mode])
+    assert sum(sizes) == 2 * 15  # only the map's own two curves run
+    for mode in ("deletion", "insertion"):
+        np.testing.assert_allclose(reused[mode].ranked, alone[mode].ranked, atol=1e-6)
+        np.testing.assert_allclose(reused[mode].random, alone[mode].random, atol=1e-6)
+    for wrong in ({"baseline": "mean"}, {"seed": 6}, {"steps": 8}, {"random_orders": 2}):
+        options = {"baseline": "noise", "seed": 5, **wrong}
+        with pytest.raises(InputError, match="band to reuse"):
+            deletion_and_insertion(region_reader, x, other, grid, 1, band=first["deletion"], **options)
+    with pytest.raises(InputError, match="band to reuse"):
+        deletion_and_insertion(region_reader, x, other, grid, 0, baseline="noise", seed=5, band=first["deletion"])
+
+
 def test_an_odd_number_of_cells_keeps_the_points_mirrored():
     model = OneRegionClassifier(size=12, patch=4, token=(1, 1, 1))
     grid = grid_from_patches((12, 12, 12), (4, 4, 4))

@@ -194,6 +194,7 @@ def model_task(
     *,
     occlusion: VolumeExplanation | None = None,
     make_occlusion: bool = False,
+    band: Faithfulness | None = None,
 ) -> Task:
     """Deletion and insertion curves of the run's map with one baseline.
 
@@ -204,6 +205,7 @@ def model_task(
         random_orders: random orders in the band.
         occlusion: an occlusion map of the same volume and class, drawn beside the map's curves.
         make_occlusion: compute that map first when there is none (one forward pass per patch).
+        band: curves of an earlier map of the same volume, class, model and baseline, whose random band is reused.
     """
 
     def task(progress: Progress, cancel: threading.Event) -> Faithfulness:
@@ -237,6 +239,7 @@ def model_task(
             compared=compared,
             cancel=cancel,
             progress=counted("model", progress),
+            band=band,
         )
 
     return task
@@ -283,6 +286,12 @@ def chance_task(run: ExplainDone) -> Task:
         return result
 
     return task
+
+
+def _same_key(a: tuple[tuple, tuple], b: tuple[tuple, tuple]) -> bool:
+    """Two :meth:`EvaluatePanel._curves_key` keys: the same objects (model, arrays) and equal settings."""
+    (objects_a, values_a), (objects_b, values_b) = a, b
+    return all(x is y for x, y in zip(objects_a, objects_b, strict=True)) and values_a == values_b
 
 
 # ------------------------------------------------------------------------ the plot
@@ -393,6 +402,8 @@ class EvaluatePanel(QGroupBox):
         self.run: ExplainDone | None = None
         self.layer: Image | None = None
         self.occlusion_run: ExplainDone | None = None
+        self._band: tuple[tuple[tuple, tuple], Faithfulness] | None = None  # the last curves and what they are of
+        self._band_key: tuple[tuple, tuple] | None = None  # what the running curves are computed for
         self.results: dict[str, object] = {}
         self._job: Job | None = None
         self._kind = ""
@@ -644,14 +655,35 @@ class EvaluatePanel(QGroupBox):
         except VitcamError as error:
             notices.notify_run_error(error)
             return False
+        key = self._curves_key(self.run, baseline, reference)
         task = model_task(
             self.run,
             baseline,
             reference,
             occlusion=self.comparable_occlusion(),
             make_occlusion=self.occlusion_check.isChecked(),
+            band=self._band[1] if self._band is not None and _same_key(self._band[0], key) else None,
         )
-        return self._start("model", task)
+        started = self._start("model", task)
+        if started:
+            self._band_key = key
+        return started
+
+    @staticmethod
+    def _curves_key(
+        run: ExplainDone, baseline: str, reference: tuple[VolumeSelection, object] | None
+    ) -> tuple[tuple, tuple]:
+        """What a random band depends on: the model and the arrays read (by identity), the rest by value."""
+        request = run.request
+        objects = (request.loaded, request.data, None if reference is None else reference[1])
+        settings = (
+            request.selection,
+            run.explanation.class_idx,
+            run.explanation.device,
+            baseline,
+            None if reference is None else reference[0],
+        )
+        return objects, settings
 
     def compare_baselines(self) -> bool:
         """The curves for every baseline (and the reference layer, when the baseline is ``reference``)."""
@@ -718,6 +750,8 @@ class EvaluatePanel(QGroupBox):
         if kind == "model":
             assert isinstance(result, Faithfulness)
             self.plot.show_curves(result)
+            if self._band_key is not None:  # the next map of the same volume reuses its random band
+                self._band, self._band_key = (self._band_key, result), None
         elif kind == "baselines":
             assert isinstance(result, dict)
             self.plot.show_baselines(result)

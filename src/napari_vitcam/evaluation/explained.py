@@ -194,6 +194,7 @@ def against_model(
     compared: Mapping[str, VolumeExplanation] | None = None,
     cancel: threading.Event | None = None,
     progress: InputsDone | None = None,
+    band: Faithfulness | None = None,
 ) -> Faithfulness:
     """Deletion and insertion curves of the explanation's token map, against random orders.
 
@@ -213,6 +214,9 @@ def against_model(
             :func:`explain_alike`), whose curves are drawn beside the map's, with the same baseline and band.
         cancel: set it to stop before the next batch of perturbed inputs.
         progress: called with (perturbed inputs run, inputs in all).
+        band: the result of this function for another map of the same volume, model and class, with the same
+            baseline and settings: its random band is reused instead of run again (the caller vouches that the
+            volume and model are the same).
     """
     _check_baseline(baseline, reference)
     others = _check_compared(explanation, compared or {})
@@ -231,6 +235,7 @@ def against_model(
         seed=seed,
         batch_size=batch_size,
         cancel=cancel,
+        band=None if band is None else band.deletion,
     )[baseline]
 
 
