@@ -154,3 +154,25 @@ def test_output_without_logits_is_a_clear_error():
 
     with pytest.raises(nv.ModelOutputError, match="cannot find logits"):
         nv.grad_cam(Weird(), torch.randn(1, 1, 16, 16, 16), "vit.blocks.0.norm1")
+
+
+@pytest.mark.parametrize("method", ["gradcam", "relevance", "occlusion"])
+def test_a_class_that_is_not_an_integer_is_refused_in_one_line_not_truncated(method):
+    from napari_vitcam.testing.thirdparty import monai_vit
+
+    torch.manual_seed(0)
+    model = monai_vit(size=16, patch=8).eval()
+    x = torch.randn(2, 1, 16, 16, 16)
+    target = "blocks.1.norm1" if method == "gradcam" else None
+    for bad in (1.7, torch.tensor([0.0, 1.0]), True, "busy", [0, "a"]):
+        with pytest.raises(nv.InputError, match="is not a class index: give an integer") as error:
+            nv.explain_tokens(model, x, method, target, bad, score_layer="classification_head.0")
+        assert "\n" not in str(error.value)
+    # integers of every kind still work: numpy's, a tensor, one per sample
+    import numpy as np
+
+    by_int = nv.explain_tokens(model, x, method, target, 1, score_layer="classification_head.0")
+    for same in (np.int64(1), torch.tensor(1), [np.int32(1), 1], np.array([1, 1])):
+        result = nv.explain_tokens(model, x, method, target, same, score_layer="classification_head.0")
+        assert result.class_idx.tolist() == [1, 1]
+        torch.testing.assert_close(result.token_cam, by_int.token_cam)

@@ -102,7 +102,15 @@ def _class_indices(class_idx: ClassIndex, logits: torch.Tensor) -> torch.Tensor:
     batch, classes = logits.shape
     if class_idx is None:
         return logits.argmax(dim=1)
-    index = torch.as_tensor(class_idx, dtype=torch.long, device=logits.device).reshape(-1)
+    try:
+        given = torch.as_tensor(class_idx)
+    except (TypeError, ValueError, RuntimeError):
+        given = None
+    if given is None or given.is_floating_point() or given.is_complex() or given.dtype == torch.bool:
+        raise InputError(
+            f"class_idx {class_idx!r} is not a class index: give an integer, or one integer per sample"
+        )  # a float would be truncated to another class, a boolean read as 0 or 1
+    index = given.to(device=logits.device, dtype=torch.long).reshape(-1)
     if index.numel() == 1:
         index = index.expand(batch)
     if index.numel() != batch:
