@@ -125,10 +125,13 @@ def _patch_grid(model: nn.Module, input_shape, embed_shape, token_grid) -> Token
     patch_size = tuple(patch[1].stride) if patch is not None else declared_patch_size(model)
     if token_grid is not None:
         shape = tuple(int(g) for g in token_grid)
-        if patch_size is None:
+        fits = patch_size is not None and all(
+            s // p == g for s, p, g in zip(input_shape, patch_size, shape, strict=False)
+        )
+        if fits:
+            cell = tuple(float(p) for p in patch_size)  # type: ignore[union-attr]
+        else:  # the patch found is not what made these tokens (a CNN stem before the ViT): spread them over the input
             cell = tuple(s / g for s, g in zip(input_shape, shape, strict=False))
-        else:
-            cell = tuple(float(p) for p in patch_size)
         return TokenGrid(shape, cell, input_shape)  # type: ignore[arg-type]
     if embed_shape is not None and patch is not None:
         stride = tuple(float(s) for s in patch[1].stride)
