@@ -102,32 +102,16 @@ def test_explicit_token_grid_for_a_model_without_patch_embedding():
     assert result.grid.shape == (2, 2, 2) and result.grid.cell == (2.0, 2.0, 2.0)
 
 
-class StemViT(nn.Module):
-    """A convolution stem (kernel = stride = 2) before a stock MONAI ViT (4^3 patches): tokens of 8^3 input voxels."""
-
-    def __init__(self):
-        super().__init__()
-        from monai.networks.nets import ViT
-
-        self.stem = nn.Conv3d(1, 8, kernel_size=2, stride=2)
-        self.vit = ViT(
-            in_channels=8, img_size=16, patch_size=4, hidden_size=32, mlp_dim=64, num_layers=2, num_heads=2,
-            classification=True, num_classes=2, spatial_dims=3, post_activation="",
-        )  # fmt: skip
-
-    def forward(self, x):
-        return self.vit(torch.relu(self.stem(x)))
-
-
 @pytest.mark.parametrize(
     ("method", "target"), [("occlusion", None), ("rollout", None), ("hirescam", "backbone.vit.blocks.1.norm1")]
 )
 def test_a_token_grid_made_after_a_stem_spans_the_input(method, target):
     from napari_vitcam.testing.models import BoxOnly
+    from napari_vitcam.testing.thirdparty import monai_vit_after_stem
 
     torch.manual_seed(0)
     box = ((8, 16), (16, 24), (24, 32))  # token (1, 2, 3) of the 4 x 4 x 4 grid of 8^3 voxels
-    model = BoxOnly(StemViT(), (32, 32, 32), box).eval()
+    model = BoxOnly(monai_vit_after_stem(), (32, 32, 32), box).eval()
     x = torch.randn(1, 1, 32, 32, 32)
     if target is not None:  # the stem is found first; its 16^3 grid is not the ViT's: the error says what to pass
         with pytest.raises(nv.LayoutError, match=r"token_grid=\(d, h, w\)"):

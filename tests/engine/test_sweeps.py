@@ -5,7 +5,7 @@ import torch
 
 import napari_vitcam as nv
 from napari_vitcam.engine.sweeps import sweep_blocks, sweep_classes
-from napari_vitcam.testing.thirdparty import vit_pytorch_simple_vit
+from napari_vitcam.testing.thirdparty import monai_vit_after_stem, vit_pytorch_simple_vit
 
 
 class CountingForward:
@@ -100,3 +100,17 @@ def test_every_entry_point_refuses_a_nan_input_in_one_line(vit, method):
         sweep_blocks(vit, x, method=method, class_idx=0)
     with pytest.raises(nv.InputError, match="non-finite"):
         sweep_classes(vit, x, method, "blocks.1.norm1" if method == "gradcam" else None)
+
+
+@pytest.mark.parametrize("method", ["rollout", "relevance"])
+def test_an_attention_class_sweep_on_a_grid_the_attention_does_not_cover_says_so_in_one_line(method):
+    torch.manual_seed(0)
+    model = monai_vit_after_stem().eval()  # the stem's 16^3 grid is found first
+    x = torch.randn(1, 1, 32, 32, 32)
+    for run in (lambda: nv.explain_tokens(model, x, method), lambda: sweep_classes(model, x, method)):
+        with pytest.raises(nv.LayoutError, match=r"covers 65 tokens, fewer than the 4096 .* pass the right token_grid"):
+            run()
+    sweep = sweep_classes(model, x, method, token_grid=(4, 4, 4))
+    for k in range(2):
+        alone = nv.explain_tokens(model, x, method, class_idx=k, token_grid=(4, 4, 4))
+        torch.testing.assert_close(sweep.cams[:, k], alone.cam)

@@ -183,6 +183,17 @@ def _scores(output, seen, score_name) -> tuple[torch.Tensor, torch.Tensor | None
     return logits, (_own_logits(output, logits) if score_name is not None else None)
 
 
+def attention_prefix(tokens: int, grid: TokenGrid) -> int:
+    """How many tokens of an attention over ``tokens`` come before ``grid``'s; a one-line error when it has fewer."""
+    prefix = tokens - grid.n_tokens
+    if prefix < 0:
+        raise LayoutError(
+            f"the attention covers {tokens} tokens, fewer than the {grid.n_tokens} of the token grid {grid.shape}: "
+            "pass the right token_grid=(d, h, w)"
+        )
+    return prefix
+
+
 def readout_from_gradient(gradient: torch.Tensor) -> torch.Tensor:
     """(B, T) what the head reads at the last block's output, from the gradient of the last attention.
 
@@ -223,12 +234,7 @@ def _explain_attention(
         run.timings["forward"] = time.perf_counter() - start
     tokens = check_attention(found)
     grid = _grid_or_error(model, run.input_shape, seen, token_grid)
-    prefix = tokens - grid.n_tokens
-    if prefix < 0:
-        raise LayoutError(
-            f"the attention covers {tokens} tokens, fewer than the {grid.n_tokens} of the token grid {grid.shape}: "
-            "pass the right token_grid=(d, h, w)"
-        )
+    prefix = attention_prefix(tokens, grid)
     classes = _class_indices(class_idx, logits)
 
     run.report("backward")

@@ -34,6 +34,7 @@ from napari_vitcam.engine.dispatch import (
     _score_module,
     _scores,
     _watched,
+    attention_prefix,
     explain_tokens,
     readout_from_gradient,
 )
@@ -258,6 +259,7 @@ def sweep_classes(
     if isinstance(explainer, AttentionExplainer):
         tokens = check_attention(found)
         grid = _grid_or_error(model, input_shape, seen, token_grid)
+        prefix = attention_prefix(tokens, grid)
         probs = [a.probs for a in found]
         for c in wanted:
             index = _class_indices(c, logits)
@@ -267,7 +269,7 @@ def sweep_classes(
             inputs = AttentionInputs(
                 [p.detach() for p in probs],
                 [g.detach() for g in grads] if explainer.needs_gradients else None,
-                tokens - grid.n_tokens,
+                prefix,
                 readout_from_gradient(grads[-1]),
                 grid,
             )
