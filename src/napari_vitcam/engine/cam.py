@@ -38,6 +38,16 @@ Progress = Callable[[str], None]
 ClassIndex = int | Sequence[int] | torch.Tensor | None
 
 
+def as_probabilities(scores: torch.Tensor) -> torch.Tensor:
+    """(B, classes) model output as probabilities: as it is where it already is a distribution, else its softmax."""
+    scores = scores.float()
+    if bool(((scores >= 0) & (scores <= 1)).all()) and torch.allclose(
+        scores.sum(dim=1), torch.ones(len(scores), device=scores.device), atol=1e-5
+    ):
+        return scores
+    return scores.softmax(dim=1)
+
+
 @dataclass(frozen=True)
 class CamResult:
     """What :func:`grad_cam` or :func:`~napari_vitcam.engine.dispatch.explain_tokens` computed.
@@ -76,13 +86,7 @@ class CamResult:
         output activation); an output that already is a distribution (a
         softmax head) is returned as it is.
         """
-        scores = self.output_logits if self.output_logits is not None else self.logits
-        scores = scores.float()
-        if bool(((scores >= 0) & (scores <= 1)).all()) and torch.allclose(
-            scores.sum(dim=1), torch.ones(len(scores), device=scores.device), atol=1e-5
-        ):
-            return scores
-        return scores.softmax(dim=1)
+        return as_probabilities(self.output_logits if self.output_logits is not None else self.logits)
 
     def numpy(self) -> np.ndarray:
         """The voxel map as a float32 numpy array (B, D, H, W)."""

@@ -25,7 +25,14 @@ from torch import nn
 from napari_vitcam.core.errors import InputError, TargetLayerError
 from napari_vitcam.core.vocabulary import Upsample, class_label
 from napari_vitcam.engine.attention import capture_attention, check_attention
-from napari_vitcam.engine.cam import ClassIndex, _class_indices, _patch_grid, _sync, explain_layer_map
+from napari_vitcam.engine.cam import (
+    ClassIndex,
+    _class_indices,
+    _patch_grid,
+    _sync,
+    as_probabilities,
+    explain_layer_map,
+)
 from napari_vitcam.engine.capture import capture_as_leaf, capture_outputs, eval_mode, model_lock, with_gradients
 from napari_vitcam.engine.dispatch import (
     _explainer,
@@ -78,9 +85,12 @@ class Sweep:
 
     @property
     def probabilities(self) -> torch.Tensor:
-        """What the model outputs, as probabilities (its own output, not the scores explained)."""
-        scores = self.output_logits if self.output_logits is not None else self.logits
-        return scores.float().softmax(dim=1)
+        """What the model outputs, as probabilities (its own output, not the scores explained).
+
+        As :attr:`~napari_vitcam.engine.cam.CamResult.probabilities`: an output that already is a
+        distribution (a softmax head) is returned as it is.
+        """
+        return as_probabilities(self.output_logits if self.output_logits is not None else self.logits)
 
 
 def _default_targets(model: nn.Module, x: torch.Tensor, score_layer) -> list[str]:
