@@ -114,3 +114,20 @@ def test_an_attention_class_sweep_on_a_grid_the_attention_does_not_cover_says_so
     for k in range(2):
         alone = nv.explain_tokens(model, x, method, class_idx=k, token_grid=(4, 4, 4))
         torch.testing.assert_close(sweep.cams[:, k], alone.cam)
+
+
+def test_a_block_followed_by_an_in_place_operation_sweeps_as_it_runs_alone():
+    # MONAI's DenseNet: features.norm5 (BatchNorm) is followed by ReLU(inplace=True), which
+    # overwrote the recorded activation: the sweep read the ReLU's output and its gradient instead.
+    from monai.networks.nets import DenseNet
+
+    torch.manual_seed(0)
+    model = DenseNet(
+        spatial_dims=3, in_channels=1, out_channels=3, init_features=8, growth_rate=4, block_config=(2, 2), bn_size=2
+    ).eval()
+    x = torch.randn(1, 1, 48, 48, 48)
+    targets = ["features.denseblock2", "features.norm5"]
+    sweep = sweep_blocks(model, x, targets, "gradcam", 0)
+    for k, target in enumerate(targets):
+        alone = nv.grad_cam(model, x, target, 0)
+        torch.testing.assert_close(sweep.cams[:, k], alone.cam)

@@ -145,7 +145,7 @@ def sweep_blocks(
         stack.enter_context(eval_mode(model))
         stack.enter_context(torch.inference_mode(False))
         stack.enter_context(torch.enable_grad())
-        outputs = stack.enter_context(capture_outputs(modules))
+        outputs = stack.enter_context(capture_outputs(modules, copy=True))  # safe from in-place ops after
         seen = stack.enter_context(capture_outputs(_watched(model, score_module)))
         start = time.perf_counter()
         xd = x.detach().to(device).clone().requires_grad_(True)
