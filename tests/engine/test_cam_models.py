@@ -203,3 +203,22 @@ def test_a_class_that_is_not_an_integer_is_refused_in_one_line_not_truncated(met
         result = nv.explain_tokens(model, x, method, target, same, score_layer="classification_head.0")
         assert result.class_idx.tolist() == [1, 1]
         torch.testing.assert_close(result.token_cam, by_int.token_cam)
+
+
+@pytest.mark.parametrize(("method", "target"), [("gradcam", "blocks.1.norm1"), ("rollout", None), ("occlusion", None)])
+def test_an_input_of_another_dtype_is_explained_in_the_models_dtype(method, target):
+    from napari_vitcam.engine.sweeps import sweep_classes
+    from napari_vitcam.testing.thirdparty import monai_vit
+
+    torch.manual_seed(0)
+    model = monai_vit(size=16, patch=8).eval()
+    x = torch.randint(-3, 4, (2, 1, 16, 16, 16))  # integers, as a label or raw CT volume holds them
+    reference = nv.explain_tokens(model, x.float(), method, target, [0, 1])
+    for given in (x, x.double()):  # float64: what torch.from_numpy gives for most numpy volumes
+        result = nv.explain_tokens(model, given, method, target, [0, 1])
+        torch.testing.assert_close(result.cam, reference.cam)
+        swept = sweep_classes(model, given, method, target)
+        torch.testing.assert_close(swept.cams[:, 1], nv.explain_tokens(model, x.float(), method, target, 1).cam)
+    assert [c.name for c in nv.list_targets(model, x.double()[:1])] == [
+        c.name for c in nv.list_targets(model, x.float()[:1])
+    ]

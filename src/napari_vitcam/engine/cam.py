@@ -351,7 +351,7 @@ def grad_cam(
     score_name = None
     if score_layer is not None:
         score_name, score_module = resolve_module(model, score_layer, "score layer")
-    x = check_input(x)
+    x = check_input(x, model)
     run = _Run.start(model, x, progress, upsample, out_shape, score_name)
     patch = find_patch_embedding(model)
 

@@ -216,7 +216,7 @@ def readout_from_gradient(gradient: torch.Tensor) -> torch.Tensor:
 def _explain_attention(
     model, x, explainer: AttentionExplainer, class_idx, upsample, score_layer, token_grid, out_shape, progress, cancel
 ) -> CamResult:
-    x = check_input(x)
+    x = check_input(x, model)
     score_name, score_module = _score_module(model, score_layer)
     run = _Run.start(model, x, progress, upsample, out_shape, score_name)
     with ExitStack() as stack:
@@ -280,7 +280,7 @@ def _explain_perturbation(
     progress,
     cancel,
 ) -> CamResult:
-    x = check_input(x)
+    x = check_input(x, model)
     score_name, score_module = _score_module(model, score_layer)
     run = _Run.start(model, x, progress, upsample, out_shape, score_name)
     with ExitStack() as stack:

@@ -127,7 +127,7 @@ def sweep_blocks(
         class_idx: None (each sample's predicted class), an int, or one per sample.
         upsample, score_layer, layout, token_grid, out_shape: as for :func:`explain_tokens`.
     """
-    x = check_input(x)
+    x = check_input(x, model)
     explainer = _explainer(method)
     if not isinstance(explainer, LayerExplainer) or explainer.needs_forward:
         raise InputError(
@@ -221,7 +221,7 @@ def sweep_classes(
         class_names: names for the labels (``"class k"`` where none is given).
         upsample, score_layer, layout, token_grid, out_shape, batch_size: as for :func:`explain_tokens`.
     """
-    x = check_input(x)
+    x = check_input(x, model)
     explainer = _explainer(method)
     device = model_device(model)
     score_name, score_module = _score_module(model, score_layer)
