@@ -102,6 +102,33 @@ def test_explicit_token_grid_for_a_model_without_patch_embedding():
     assert result.grid.shape == (2, 2, 2) and result.grid.cell == (2.0, 2.0, 2.0)
 
 
+@pytest.mark.parametrize(
+    ("method", "target"), [("occlusion", None), ("rollout", None), ("hirescam", "backbone.vit.blocks.1.norm1")]
+)
+def test_a_token_grid_made_after_a_stem_spans_the_input(method, target):
+    from napari_vitcam.testing.models import BoxOnly
+    from napari_vitcam.testing.thirdparty import monai_vit_after_stem
+
+    torch.manual_seed(0)
+    box = ((8, 16), (16, 24), (24, 32))  # token (1, 2, 3) of the 4 x 4 x 4 grid of 8^3 voxels
+    model = BoxOnly(monai_vit_after_stem(), (32, 32, 32), box).eval()
+    x = torch.randn(1, 1, 32, 32, 32)
+    if target is not None:  # the stem is found first; its 16^3 grid is not the ViT's: the error says what to pass
+        with pytest.raises(nv.LayoutError, match=r"token_grid=\(d, h, w\)"):
+            nv.explain_tokens(model, x, method, target)
+    result = nv.explain_tokens(model, x, method, target, class_idx=0, token_grid=(4, 4, 4), upsample="patch")
+    assert result.grid.cell == (8.0, 8.0, 8.0)
+    # each token fills its own 8^3 voxels, over the whole input (not the stem's 2^3 cells in one corner)
+    expected = result.token_cam[0].repeat_interleave(8, 0).repeat_interleave(8, 1).repeat_interleave(8, 2)
+    torch.testing.assert_close(result.cam[0], expected)
+    if method == "occlusion":  # the model reads the box only: occluding it is the map, nothing else
+        assert bool(result.token_cam[0, 1, 2, 3] > 0)
+        outside = result.token_cam[0].clone()
+        outside[1, 2, 3] = 0
+        assert not bool(outside.any())
+        assert bool((result.cam[0] > 0).equal(model.mask.bool()))
+
+
 def test_layout_error_names_shapes():
     model = nv.ViT3D(img_size=16, patch_size=8, width=32, depth=1, heads=2)
     with pytest.raises(nv.LayoutError, match=r"expected ViT tokens \(B, T, E\)"):
@@ -154,3 +181,44 @@ def test_output_without_logits_is_a_clear_error():
 
     with pytest.raises(nv.ModelOutputError, match="cannot find logits"):
         nv.grad_cam(Weird(), torch.randn(1, 1, 16, 16, 16), "vit.blocks.0.norm1")
+
+
+@pytest.mark.parametrize("method", ["gradcam", "relevance", "occlusion"])
+def test_a_class_that_is_not_an_integer_is_refused_in_one_line_not_truncated(method):
+    from napari_vitcam.testing.thirdparty import monai_vit
+
+    torch.manual_seed(0)
+    model = monai_vit(size=16, patch=8).eval()
+    x = torch.randn(2, 1, 16, 16, 16)
+    target = "blocks.1.norm1" if method == "gradcam" else None
+    for bad in (1.7, torch.tensor([0.0, 1.0]), True, "busy", [0, "a"]):
+        with pytest.raises(nv.InputError, match="is not a class index: give an integer") as error:
+            nv.explain_tokens(model, x, method, target, bad, score_layer="classification_head.0")
+        assert "\n" not in str(error.value)
+    # integers of every kind still work: numpy's, a tensor, one per sample
+    import numpy as np
+
+    by_int = nv.explain_tokens(model, x, method, target, 1, score_layer="classification_head.0")
+    for same in (np.int64(1), torch.tensor(1), [np.int32(1), 1], np.array([1, 1])):
+        result = nv.explain_tokens(model, x, method, target, same, score_layer="classification_head.0")
+        assert result.class_idx.tolist() == [1, 1]
+        torch.testing.assert_close(result.token_cam, by_int.token_cam)
+
+
+@pytest.mark.parametrize(("method", "target"), [("gradcam", "blocks.1.norm1"), ("rollout", None), ("occlusion", None)])
+def test_an_input_of_another_dtype_is_explained_in_the_models_dtype(method, target):
+    from napari_vitcam.engine.sweeps import sweep_classes
+    from napari_vitcam.testing.thirdparty import monai_vit
+
+    torch.manual_seed(0)
+    model = monai_vit(size=16, patch=8).eval()
+    x = torch.randint(-3, 4, (2, 1, 16, 16, 16))  # integers, as a label or raw CT volume holds them
+    reference = nv.explain_tokens(model, x.float(), method, target, [0, 1])
+    for given in (x, x.double()):  # float64: what torch.from_numpy gives for most numpy volumes
+        result = nv.explain_tokens(model, given, method, target, [0, 1])
+        torch.testing.assert_close(result.cam, reference.cam)
+        swept = sweep_classes(model, given, method, target)
+        torch.testing.assert_close(swept.cams[:, 1], nv.explain_tokens(model, x.float(), method, target, 1).cam)
+    assert [c.name for c in nv.list_targets(model, x.double()[:1])] == [
+        c.name for c in nv.list_targets(model, x.float()[:1])
+    ]

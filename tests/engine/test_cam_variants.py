@@ -17,6 +17,7 @@ import napari_vitcam as nv
 from napari_vitcam.engine.explainers import PerturbationInputs
 from napari_vitcam.engine.explainers.occlusion import Occlusion
 from napari_vitcam.engine.token_grid import TokenGrid
+from napari_vitcam.testing.models import BoxOnly
 
 
 def pgc_gradcam_plusplus_weights(activations, grads):
@@ -168,6 +169,35 @@ def test_occlusion_is_each_patch_drop_in_score_batched_on_the_grid():
     torch.testing.assert_close(result.token_cam, expected, atol=1e-4, rtol=1e-5)
     # the other class: occluding raises its score, so no positive evidence anywhere
     assert not bool(nv.explain_tokens(model, x, "occlusion", class_idx=1).token_cam.any())
+
+
+def box_only_monai_vit(seed: int) -> nn.Module:
+    """A stock MONAI ViT (2 channels, anisotropic 4x8x2 patches) that sees one patch, token (2, 2, 2), only."""
+    from monai.networks.nets import ViT
+
+    torch.manual_seed(seed)
+    backbone = ViT(
+        in_channels=2, img_size=(16, 32, 8), patch_size=(4, 8, 2), hidden_size=32, mlp_dim=64, num_layers=2,
+        num_heads=2, classification=True, num_classes=3, spatial_dims=3, post_activation="",
+    )  # fmt: skip
+    return BoxOnly(backbone, (16, 32, 8), ((8, 12), (16, 24), (4, 6))).eval()
+
+
+@pytest.mark.parametrize(("seed", "class_idx"), [(0, 1), (1, 2), (3, 0)])
+def test_occlusion_of_patches_a_third_party_model_ignores_is_exactly_zero(seed, class_idx):
+    # Scores of identical inputs differ in the last bits between batches of different sizes; such
+    # rounding is no evidence, and normalised to [0, 1] it would fill the whole heatmap.
+    model = box_only_monai_vit(seed)
+    x = torch.randn(2, 2, 16, 32, 8, generator=torch.Generator().manual_seed(seed))
+    token_cam = nv.explain_tokens(model, x, "occlusion", class_idx=class_idx).token_cam
+    outside = token_cam.clone()
+    outside[:, 2, 2, 2] = 0
+    assert not bool(outside.any())
+    # where occluding the box itself lowers the score, that is the map; where it does not, the map is empty
+    x_box = x.clone()
+    x_box[:, :, 8:12, 16:24, 4:6] = 0
+    drop = model(x)[0][:, class_idx] - model(x_box)[0][:, class_idx]
+    torch.testing.assert_close(token_cam[:, 2, 2, 2], drop.relu().detach(), atol=1e-5, rtol=1e-4)
 
 
 def test_occlusion_cells_cover_anisotropic_and_fractional_patches():

@@ -5,7 +5,7 @@ import torch
 
 import napari_vitcam as nv
 from napari_vitcam.engine.sweeps import sweep_blocks, sweep_classes
-from napari_vitcam.testing.thirdparty import vit_pytorch_simple_vit
+from napari_vitcam.testing.thirdparty import monai_vit_after_stem, vit_pytorch_simple_vit
 
 
 class CountingForward:
@@ -100,3 +100,34 @@ def test_every_entry_point_refuses_a_nan_input_in_one_line(vit, method):
         sweep_blocks(vit, x, method=method, class_idx=0)
     with pytest.raises(nv.InputError, match="non-finite"):
         sweep_classes(vit, x, method, "blocks.1.norm1" if method == "gradcam" else None)
+
+
+@pytest.mark.parametrize("method", ["rollout", "relevance"])
+def test_an_attention_class_sweep_on_a_grid_the_attention_does_not_cover_says_so_in_one_line(method):
+    torch.manual_seed(0)
+    model = monai_vit_after_stem().eval()  # the stem's 16^3 grid is found first
+    x = torch.randn(1, 1, 32, 32, 32)
+    for run in (lambda: nv.explain_tokens(model, x, method), lambda: sweep_classes(model, x, method)):
+        with pytest.raises(nv.LayoutError, match=r"covers 65 tokens, fewer than the 4096 .* pass the right token_grid"):
+            run()
+    sweep = sweep_classes(model, x, method, token_grid=(4, 4, 4))
+    for k in range(2):
+        alone = nv.explain_tokens(model, x, method, class_idx=k, token_grid=(4, 4, 4))
+        torch.testing.assert_close(sweep.cams[:, k], alone.cam)
+
+
+def test_a_block_followed_by_an_in_place_operation_sweeps_as_it_runs_alone():
+    # MONAI's DenseNet: features.norm5 (BatchNorm) is followed by ReLU(inplace=True), which
+    # overwrote the recorded activation: the sweep read the ReLU's output and its gradient instead.
+    from monai.networks.nets import DenseNet
+
+    torch.manual_seed(0)
+    model = DenseNet(
+        spatial_dims=3, in_channels=1, out_channels=3, init_features=8, growth_rate=4, block_config=(2, 2), bn_size=2
+    ).eval()
+    x = torch.randn(1, 1, 48, 48, 48)
+    targets = ["features.denseblock2", "features.norm5"]
+    sweep = sweep_blocks(model, x, targets, "gradcam", 0)
+    for k, target in enumerate(targets):
+        alone = nv.grad_cam(model, x, target, 0)
+        torch.testing.assert_close(sweep.cams[:, k], alone.cam)

@@ -2,13 +2,16 @@
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from napari_vitcam.core.errors import InputError
 from napari_vitcam.models.loaded_model import LoadedModel
 from napari_vitcam.models.spec import InputSpec, ModelSpec, Normalization
-from napari_vitcam.pipeline.explain import explain_volume
+from napari_vitcam.pipeline.explain import explain_volume, model_input
 from napari_vitcam.pipeline.sweep import sweep_volume
 from napari_vitcam.testing.models import tiny_vit
+from napari_vitcam.testing.thirdparty import monai_vit
 
 
 @pytest.fixture
@@ -49,3 +52,31 @@ def test_a_block_sweep_needs_a_layer_method(loaded, volume):
         sweep_volume(loaded, volume, over="blocks", method="rollout")
     with pytest.raises(InputError, match="unknown sweep"):
         sweep_volume(loaded, volume, over="heads")  # type: ignore[arg-type]
+
+
+class SoftmaxHead(nn.Module):
+    """A stock MONAI ViT whose output is a distribution: the softmax of its logits."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.vit = monai_vit(size=16, patch=4, depth=2)
+        self.softmax = nn.Softmax(dim=1)
+
+    def forward(self, x):
+        return self.softmax(self.vit(x)[0])
+
+
+@pytest.mark.parametrize("over", ["blocks", "classes"])
+def test_a_sweep_of_a_model_ending_in_softmax_reports_its_probabilities_as_explain_volume(volume, over):
+    spec = ModelSpec(
+        InputSpec(1, (16, 16, 16), Normalization("zscore")), ("a", "b"), "vit.blocks.1.norm1",
+        score_layer="vit.classification_head.0",
+    )  # fmt: skip
+    loaded = LoadedModel(SoftmaxHead().eval(), spec)
+    with torch.no_grad():
+        own = loaded.model(model_input(loaded, volume, device="cpu"))[0].numpy()
+    alone = explain_volume(loaded, volume, device="cpu")
+    np.testing.assert_allclose(alone.probabilities, own, atol=1e-6)  # the model's own distribution
+    swept = sweep_volume(loaded, volume, over=over, device="cpu")
+    np.testing.assert_allclose(swept.probabilities, own, atol=1e-6)  # not a softmax of it

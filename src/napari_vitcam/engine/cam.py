@@ -38,6 +38,16 @@ Progress = Callable[[str], None]
 ClassIndex = int | Sequence[int] | torch.Tensor | None
 
 
+def as_probabilities(scores: torch.Tensor) -> torch.Tensor:
+    """(B, classes) model output as probabilities: as it is where it already is a distribution, else its softmax."""
+    scores = scores.float()
+    if bool(((scores >= 0) & (scores <= 1)).all()) and torch.allclose(
+        scores.sum(dim=1), torch.ones(len(scores), device=scores.device), atol=1e-5
+    ):
+        return scores
+    return scores.softmax(dim=1)
+
+
 @dataclass(frozen=True)
 class CamResult:
     """What :func:`grad_cam` or :func:`~napari_vitcam.engine.dispatch.explain_tokens` computed.
@@ -76,13 +86,7 @@ class CamResult:
         output activation); an output that already is a distribution (a
         softmax head) is returned as it is.
         """
-        scores = self.output_logits if self.output_logits is not None else self.logits
-        scores = scores.float()
-        if bool(((scores >= 0) & (scores <= 1)).all()) and torch.allclose(
-            scores.sum(dim=1), torch.ones(len(scores), device=scores.device), atol=1e-5
-        ):
-            return scores
-        return scores.softmax(dim=1)
+        return as_probabilities(self.output_logits if self.output_logits is not None else self.logits)
 
     def numpy(self) -> np.ndarray:
         """The voxel map as a float32 numpy array (B, D, H, W)."""
@@ -102,7 +106,15 @@ def _class_indices(class_idx: ClassIndex, logits: torch.Tensor) -> torch.Tensor:
     batch, classes = logits.shape
     if class_idx is None:
         return logits.argmax(dim=1)
-    index = torch.as_tensor(class_idx, dtype=torch.long, device=logits.device).reshape(-1)
+    try:
+        given = torch.as_tensor(class_idx)
+    except (TypeError, ValueError, RuntimeError):
+        given = None
+    if given is None or given.is_floating_point() or given.is_complex() or given.dtype == torch.bool:
+        raise InputError(
+            f"class_idx {class_idx!r} is not a class index: give an integer, or one integer per sample"
+        )  # a float would be truncated to another class, a boolean read as 0 or 1
+    index = given.to(device=logits.device, dtype=torch.long).reshape(-1)
     if index.numel() == 1:
         index = index.expand(batch)
     if index.numel() != batch:
@@ -117,10 +129,13 @@ def _patch_grid(model: nn.Module, input_shape, embed_shape, token_grid) -> Token
     patch_size = tuple(patch[1].stride) if patch is not None else declared_patch_size(model)
     if token_grid is not None:
         shape = tuple(int(g) for g in token_grid)
-        if patch_size is None:
+        fits = patch_size is not None and all(
+            s // p == g for s, p, g in zip(input_shape, patch_size, shape, strict=False)
+        )
+        if fits:
+            cell = tuple(float(p) for p in patch_size)  # type: ignore[union-attr]
+        else:  # the patch found is not what made these tokens (a CNN stem before the ViT): spread them over the input
             cell = tuple(s / g for s, g in zip(input_shape, shape, strict=False))
-        else:
-            cell = tuple(float(p) for p in patch_size)
         return TokenGrid(shape, cell, input_shape)  # type: ignore[arg-type]
     if embed_shape is not None and patch is not None:
         stride = tuple(float(s) for s in patch[1].stride)
@@ -336,7 +351,7 @@ def grad_cam(
     score_name = None
     if score_layer is not None:
         score_name, score_module = resolve_module(model, score_layer, "score layer")
-    x = check_input(x)
+    x = check_input(x, model)
     run = _Run.start(model, x, progress, upsample, out_shape, score_name)
     patch = find_patch_embedding(model)
 

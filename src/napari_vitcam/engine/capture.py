@@ -79,16 +79,28 @@ def capture_as_leaf(module: nn.Module, name: str = "") -> Iterator[LeafCapture]:
 
 
 @contextmanager
-def _on_outputs(modules: Mapping[str, nn.Module], receive: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
-    """Pass each call's output tensor (unchanged, graph whole) to ``receive(name, tensor)``."""
+def _on_outputs(
+    modules: Mapping[str, nn.Module], receive: Callable[[str, torch.Tensor], None], copy: bool = False
+) -> Iterator[None]:
+    """Pass each call's output tensor (unchanged, graph whole) to ``receive(name, tensor)``.
+
+    ``copy``: the model goes on with a copy of the tensor (in the graph, so
+    gradients still reach the one received), so that an in-place operation
+    after the module (``ReLU(inplace=True)`` after a norm) cannot change what was received.
+    """
     handles = []
     try:
         for name, module in modules.items():
 
-            def hook(_module: nn.Module, _args: object, output: object, _name: str = name) -> None:
+            def hook(_module: nn.Module, _args: object, output: object, _name: str = name) -> object:
                 tensor = output_tensor(output)
-                if tensor is not None:
-                    receive(_name, tensor)
+                if tensor is None:
+                    return None
+                receive(_name, tensor)
+                if not copy:
+                    return None
+                _, rebuild = _first_tensor(output)
+                return rebuild(tensor.clone())
 
             handles.append(module.register_forward_hook(hook))
         yield
@@ -98,18 +110,26 @@ def _on_outputs(modules: Mapping[str, nn.Module], receive: Callable[[str, torch.
 
 
 @contextmanager
-def record_calls(modules: Mapping[str, nn.Module]) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """``(name, output)`` of every call to ``modules``, in the order the forward pass makes them."""
+def record_calls(modules: Mapping[str, nn.Module], *, copy: bool = False) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """``(name, output)`` of every call to ``modules``, in the order the forward pass makes them.
+
+    ``copy``: the model goes on with a copy of each output, so that in-place operations after a module
+    cannot change what was recorded (the recorded tensor stays in the graph).
+    """
     calls: list[tuple[str, torch.Tensor]] = []
-    with _on_outputs(modules, lambda name, tensor: calls.append((name, tensor))):
+    with _on_outputs(modules, lambda name, tensor: calls.append((name, tensor)), copy):
         yield calls
 
 
 @contextmanager
-def capture_outputs(modules: Mapping[str, nn.Module]) -> Iterator[dict[str, list[torch.Tensor]]]:
-    """Each module's outputs, in call order, recorded without changing them."""
+def capture_outputs(modules: Mapping[str, nn.Module], *, copy: bool = False) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Each module's outputs, in call order, recorded without changing them.
+
+    ``copy``: the model goes on with a copy of each output, so that in-place operations after a module
+    cannot change what was recorded (the recorded tensor stays in the graph).
+    """
     captured: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
-    with _on_outputs(modules, lambda name, tensor: captured[name].append(tensor)):
+    with _on_outputs(modules, lambda name, tensor: captured[name].append(tensor), copy):
         yield captured
 
 

@@ -183,6 +183,17 @@ def _scores(output, seen, score_name) -> tuple[torch.Tensor, torch.Tensor | None
     return logits, (_own_logits(output, logits) if score_name is not None else None)
 
 
+def attention_prefix(tokens: int, grid: TokenGrid) -> int:
+    """How many tokens of an attention over ``tokens`` come before ``grid``'s; a one-line error when it has fewer."""
+    prefix = tokens - grid.n_tokens
+    if prefix < 0:
+        raise LayoutError(
+            f"the attention covers {tokens} tokens, fewer than the {grid.n_tokens} of the token grid {grid.shape}: "
+            "pass the right token_grid=(d, h, w)"
+        )
+    return prefix
+
+
 def readout_from_gradient(gradient: torch.Tensor) -> torch.Tensor:
     """(B, T) what the head reads at the last block's output, from the gradient of the last attention.
 
@@ -205,7 +216,7 @@ def readout_from_gradient(gradient: torch.Tensor) -> torch.Tensor:
 def _explain_attention(
     model, x, explainer: AttentionExplainer, class_idx, upsample, score_layer, token_grid, out_shape, progress, cancel
 ) -> CamResult:
-    x = check_input(x)
+    x = check_input(x, model)
     score_name, score_module = _score_module(model, score_layer)
     run = _Run.start(model, x, progress, upsample, out_shape, score_name)
     with ExitStack() as stack:
@@ -223,12 +234,7 @@ def _explain_attention(
         run.timings["forward"] = time.perf_counter() - start
     tokens = check_attention(found)
     grid = _grid_or_error(model, run.input_shape, seen, token_grid)
-    prefix = tokens - grid.n_tokens
-    if prefix < 0:
-        raise LayoutError(
-            f"the attention covers {tokens} tokens, fewer than the {grid.n_tokens} of the token grid {grid.shape}: "
-            "pass the right token_grid=(d, h, w)"
-        )
+    prefix = attention_prefix(tokens, grid)
     classes = _class_indices(class_idx, logits)
 
     run.report("backward")
@@ -274,7 +280,7 @@ def _explain_perturbation(
     progress,
     cancel,
 ) -> CamResult:
-    x = check_input(x)
+    x = check_input(x, model)
     score_name, score_module = _score_module(model, score_layer)
     run = _Run.start(model, x, progress, upsample, out_shape, score_name)
     with ExitStack() as stack:

@@ -46,12 +46,14 @@ def _names_hint(model: nn.Module, close: list[str]) -> str:
     return f"; its top-level modules are {shown}{example}"
 
 
-def check_input(x: object) -> torch.Tensor:
+def check_input(x: object, model: nn.Module | None = None) -> torch.Tensor:
     """``x`` if it is a finite (batch, channels, depth, height, width) tensor, else one-line :class:`InputError`.
 
     A NaN or ±Inf value would flow through the model into NaN logits and a NaN
     map, a result that looks like an answer; it is refused with the count and
-    the first index instead.
+    the first index instead. With ``model``, an input of another dtype (float64
+    from numpy, integers) comes back in the dtype of the model's weights, as
+    the model computes it.
     """
     if not isinstance(x, torch.Tensor):
         what = f"a {type(x).__module__.split('.')[0]}.{type(x).__name__}" if hasattr(x, "shape") else type(x).__name__
@@ -67,7 +69,16 @@ def check_input(x: object) -> torch.Tensor:
                 f"x holds {int(bad.sum())} non-finite value(s) (NaN or ±Inf), the first at index {first}: "
                 "give finite values (explain_volume can replace them: nonfinite='replace')"
             )
-    return x
+    dtype = model_dtype(model) if model is not None else None
+    return x if dtype is None or x.dtype == dtype else x.to(dtype)
+
+
+def model_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of the model's first floating-point weight (None: it has none)."""
+    for parameter in model.parameters():
+        if parameter.is_floating_point():
+            return parameter.dtype
+    return None
 
 
 def model_device(model: nn.Module) -> torch.device:

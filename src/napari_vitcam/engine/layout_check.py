@@ -73,7 +73,7 @@ def _hits(model, x1, target, name, layout, grid, input_shape) -> int:
     for n, cell in enumerate(cells, start=1):
         region = (slice(None), *(_bounds(c, s) for c, s in zip(cell, grid.cell, strict=True)))
         batch[n][region] += scale * noise[0][region]
-    with eval_mode(model), torch.no_grad(), capture_outputs({name: target}) as seen:
+    with eval_mode(model), torch.no_grad(), capture_outputs({name: target}, copy=True) as seen:
         model(batch)
     if not seen[name]:
         return 0

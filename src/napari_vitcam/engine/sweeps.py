@@ -25,7 +25,14 @@ from torch import nn
 from napari_vitcam.core.errors import InputError, TargetLayerError
 from napari_vitcam.core.vocabulary import Upsample, class_label
 from napari_vitcam.engine.attention import capture_attention, check_attention
-from napari_vitcam.engine.cam import ClassIndex, _class_indices, _patch_grid, _sync, explain_layer_map
+from napari_vitcam.engine.cam import (
+    ClassIndex,
+    _class_indices,
+    _patch_grid,
+    _sync,
+    as_probabilities,
+    explain_layer_map,
+)
 from napari_vitcam.engine.capture import capture_as_leaf, capture_outputs, eval_mode, model_lock, with_gradients
 from napari_vitcam.engine.dispatch import (
     _explainer,
@@ -34,6 +41,7 @@ from napari_vitcam.engine.dispatch import (
     _score_module,
     _scores,
     _watched,
+    attention_prefix,
     explain_tokens,
     readout_from_gradient,
 )
@@ -77,9 +85,12 @@ class Sweep:
 
     @property
     def probabilities(self) -> torch.Tensor:
-        """What the model outputs, as probabilities (its own output, not the scores explained)."""
-        scores = self.output_logits if self.output_logits is not None else self.logits
-        return scores.float().softmax(dim=1)
+        """What the model outputs, as probabilities (its own output, not the scores explained).
+
+        As :attr:`~napari_vitcam.engine.cam.CamResult.probabilities`: an output that already is a
+        distribution (a softmax head) is returned as it is.
+        """
+        return as_probabilities(self.output_logits if self.output_logits is not None else self.logits)
 
 
 def _default_targets(model: nn.Module, x: torch.Tensor, score_layer) -> list[str]:
@@ -116,7 +127,7 @@ def sweep_blocks(
         class_idx: None (each sample's predicted class), an int, or one per sample.
         upsample, score_layer, layout, token_grid, out_shape: as for :func:`explain_tokens`.
     """
-    x = check_input(x)
+    x = check_input(x, model)
     explainer = _explainer(method)
     if not isinstance(explainer, LayerExplainer) or explainer.needs_forward:
         raise InputError(
@@ -134,7 +145,7 @@ def sweep_blocks(
         stack.enter_context(eval_mode(model))
         stack.enter_context(torch.inference_mode(False))
         stack.enter_context(torch.enable_grad())
-        outputs = stack.enter_context(capture_outputs(modules))
+        outputs = stack.enter_context(capture_outputs(modules, copy=True))  # safe from in-place ops after
         seen = stack.enter_context(capture_outputs(_watched(model, score_module)))
         start = time.perf_counter()
         xd = x.detach().to(device).clone().requires_grad_(True)
@@ -210,7 +221,7 @@ def sweep_classes(
         class_names: names for the labels (``"class k"`` where none is given).
         upsample, score_layer, layout, token_grid, out_shape, batch_size: as for :func:`explain_tokens`.
     """
-    x = check_input(x)
+    x = check_input(x, model)
     explainer = _explainer(method)
     device = model_device(model)
     score_name, score_module = _score_module(model, score_layer)
@@ -258,6 +269,7 @@ def sweep_classes(
     if isinstance(explainer, AttentionExplainer):
         tokens = check_attention(found)
         grid = _grid_or_error(model, input_shape, seen, token_grid)
+        prefix = attention_prefix(tokens, grid)
         probs = [a.probs for a in found]
         for c in wanted:
             index = _class_indices(c, logits)
@@ -267,7 +279,7 @@ def sweep_classes(
             inputs = AttentionInputs(
                 [p.detach() for p in probs],
                 [g.detach() for g in grads] if explainer.needs_gradients else None,
-                tokens - grid.n_tokens,
+                prefix,
                 readout_from_gradient(grads[-1]),
                 grid,
             )

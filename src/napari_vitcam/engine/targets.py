@@ -209,7 +209,7 @@ def list_targets(
     cell over the input are listed. The recommended one is the last with a
     non-zero gradient for the example's predicted class.
     """
-    example = check_input(example)
+    example = check_input(example, model)
     blocks = hierarchical_candidates(model) or block_candidates(model)
     taken = {name for name, _ in blocks}
     candidates = blocks + [c for c in stage_candidates(model) if c[0] not in taken]

@@ -113,7 +113,8 @@ def as_tokens(
         if prefix < 0:
             raise LayoutError(
                 f"{name} output has shape {shape}: expected (B, prefix + {patch_grid.n_tokens}, E) "
-                f"tokens for the grid {patch_grid.shape}; choose a layer inside the transformer blocks"
+                f"tokens for the grid {patch_grid.shape}; choose a layer inside the transformer blocks, "
+                "or pass token_grid=(d, h, w) where a convolution before the transformer makes that grid"
             )
         return activation[:, prefix:], TokenLayout("tokens", prefix, patch_grid)
     if activation.ndim != 5:

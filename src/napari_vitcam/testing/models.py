@@ -90,3 +90,29 @@ def tiny_vit(
         pool=pool,
     )
     return ViT3D(config).eval()
+
+
+class BoxOnly(nn.Module):
+    """Any model, shown one box of its input only: ``backbone(x * mask)``, the mask 1 inside ``box``.
+
+    The output depends on the voxels of ``box`` and on nothing else, so a
+    perturbation outside it changes no score: wrapped around a third-party
+    backbone, a model whose right answer is known.
+
+    Args:
+        backbone: the model that sees the masked input.
+        size: the input's spatial shape (D, H, W).
+        box: ``((d0, d1), (h0, h1), (w0, w1))``, the voxels it sees.
+    """
+
+    mask: torch.Tensor
+
+    def __init__(self, backbone: nn.Module, size: Triple, box: tuple[tuple[int, int], ...]):
+        super().__init__()
+        self.backbone = backbone
+        mask = torch.zeros(size)
+        mask[tuple(slice(start, stop) for start, stop in box)] = 1.0
+        self.register_buffer("mask", mask)
+
+    def forward(self, x: torch.Tensor) -> object:
+        return self.backbone(x * self.mask)

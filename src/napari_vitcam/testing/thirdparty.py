@@ -92,3 +92,38 @@ def monai_vit(size: int = 16, patch: int = 4, depth: int = 2, flash: bool = Fals
         if hasattr(module, "use_flash_attention"):
             module.use_flash_attention = flash  # type: ignore[assignment]
     return model
+
+
+class _StemViT(nn.Module):
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        self.stem = nn.Conv3d(1, 8, kernel_size=2, stride=2)
+        self.vit = vit
+
+    def forward(self, x):
+        return self.vit(self.stem(x).relu())
+
+
+def monai_vit_after_stem(size: int = 32) -> nn.Module:
+    """A convolution stem (kernel = stride = 2, 8 channels) before a stock MONAI ``ViT`` with 4^3 patches.
+
+    Its tokens cover 8^3 input voxels, but the first patch-like convolution
+    (the stem) makes a grid of 2^3 cells: the model says its token grid only
+    when asked (``token_grid``).
+    """
+    from monai.networks.nets import ViT
+
+    vit = ViT(
+        in_channels=8,
+        img_size=size // 2,
+        patch_size=4,
+        hidden_size=32,
+        mlp_dim=64,
+        num_layers=2,
+        num_heads=2,
+        classification=True,
+        num_classes=2,
+        spatial_dims=3,
+        post_activation="",
+    )
+    return _StemViT(vit)
