@@ -165,6 +165,20 @@ def test_a_band_computed_for_one_map_serves_another(region_reader, band_mode):
         deletion_and_insertion(region_reader, x, other, grid, 0, baseline="noise", seed=5, band=first["deletion"])
 
 
+def test_a_model_ending_in_softmax_is_read_as_its_own_probabilities(region_reader):
+    model = torch.nn.Sequential(region_reader, torch.nn.Softmax(dim=1))
+    x = region_reader.bright_input()
+    grid = grid_from_patches((16, 16, 16), (4, 4, 4))
+    curves = deletion_and_insertion(model, x, read_patch_map(region_reader), grid, 1, baseline="mean")
+    with torch.no_grad():
+        own = float(model(x)[0, 1])
+    assert curves["deletion"].ranked[0] == pytest.approx(own, abs=1e-6)  # not the softmax of the softmax
+    assert curves["deletion"].ranked[0] > 0.9 and curves["deletion"].beats_random
+    assert agreement(model, x, read_patch_map(region_reader), grid, 1, baseline="mean").probability == pytest.approx(
+        own
+    )
+
+
 def test_an_odd_number_of_cells_keeps_the_points_mirrored():
     model = OneRegionClassifier(size=12, patch=4, token=(1, 1, 1))
     grid = grid_from_patches((12, 12, 12), (4, 4, 4))

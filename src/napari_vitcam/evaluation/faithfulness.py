@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from napari_vitcam.core.errors import Cancelled, InputError
+from napari_vitcam.engine.cam import as_probabilities
 from napari_vitcam.engine.capture import eval_mode, model_lock
 from napari_vitcam.engine.introspect import read_logits
 from napari_vitcam.engine.token_grid import TokenGrid
@@ -308,8 +309,7 @@ class _Prober:
         self.batch_size = max(1, int(batch_size))
 
     def probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
-        logits = read_logits(self.model(inputs)).float()
-        return logits.softmax(dim=1)[:, self.class_idx]
+        return as_probabilities(read_logits(self.model(inputs)))[:, self.class_idx]
 
     def voxel_ranks(self, order: torch.Tensor) -> torch.Tensor:
         """(D, H, W): each voxel's cell's place in ``order``; voxels outside the grid rank last (never hidden)."""
