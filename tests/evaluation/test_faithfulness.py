@@ -290,3 +290,35 @@ def test_bad_inputs_are_refused_in_one_line(region_reader):
         agreement(region_reader, x, bad, grid, 1)
     with pytest.raises(InputError, match="unknown mode"):
         perturbation_curves(region_reader, x, torch.zeros(grid.shape), grid, 1, mode="sideways")  # type: ignore[arg-type]
+
+
+class OneLogit(torch.nn.Module):
+    """The one-region model as a binary classifier with one output, a logit (optionally ending in a sigmoid)."""
+
+    def __init__(self, reader: OneRegionClassifier, sigmoid: bool = False):
+        super().__init__()
+        self.reader = reader
+        self.out = torch.nn.Sigmoid() if sigmoid else torch.nn.Identity()
+
+    def forward(self, x):
+        scores = self.reader(x)
+        return self.out(scores[:, 1:2] - scores[:, 0:1])
+
+
+@pytest.mark.parametrize("sigmoid", [False, True])
+def test_a_model_with_one_output_is_read_as_a_logit_or_as_its_sigmoid(region_reader, sigmoid):
+    model = OneLogit(region_reader, sigmoid)
+    x = region_reader.bright_input(level=0.3)  # not saturated: p about 0.92
+    grid = grid_from_patches((16, 16, 16), (4, 4, 4))
+    token_map = read_patch_map(region_reader)
+    with torch.no_grad():
+        output = float(model(x)[0, 0])
+    expected = output if sigmoid else float(torch.sigmoid(torch.tensor(output)))
+    assert 0.9 < expected < 1.0  # a probability, not softmax's constant 1 of a single output
+    explained = grad_cam(model, x, "reader.embed", 0, method="hirescam")
+    assert float(explained.probabilities[0, 0]) == pytest.approx(expected, abs=1e-6)
+    curves = deletion_and_insertion(model, x, token_map, grid, 0, baseline="mean")
+    assert curves["deletion"].ranked[0] == pytest.approx(expected, abs=1e-6)
+    assert curves["deletion"].ranked[1] < expected - 0.2 and curves["deletion"].beats_random
+    check = agreement(model, x, token_map, grid, 0, baseline="mean", probability=expected)
+    assert check.better_than_random  # with softmax the drop was always 0: "do not trust it" on every map

@@ -25,6 +25,7 @@ from napari_vitcam.engine.explainers.registry import get_explainer
 from napari_vitcam.engine.introspect import (
     check_input,
     declared_patch_size,
+    ends_in_sigmoid,
     find_patch_embedding,
     model_device,
     read_logits,
@@ -38,9 +39,17 @@ Progress = Callable[[str], None]
 ClassIndex = int | Sequence[int] | torch.Tensor | None
 
 
-def as_probabilities(scores: torch.Tensor) -> torch.Tensor:
-    """(B, classes) model output as probabilities: as it is where it already is a distribution, else its softmax."""
+def as_probabilities(scores: torch.Tensor, *, sigmoid_output: bool = False) -> torch.Tensor:
+    """(B, classes) model output as probabilities.
+
+    One output (a binary model trained with a logistic loss) is a logit: its
+    sigmoid, unless the model ends in a sigmoid (``sigmoid_output``), whose
+    output is the probability already. Several outputs: as they are where they
+    already are a distribution (a softmax head), else their softmax.
+    """
     scores = scores.float()
+    if scores.shape[1] == 1:
+        return scores if sigmoid_output else scores.sigmoid()
     if bool(((scores >= 0) & (scores <= 1)).all()) and torch.allclose(
         scores.sum(dim=1), torch.ones(len(scores), device=scores.device), atol=1e-5
     ):
@@ -73,6 +82,7 @@ class CamResult:
     timings: dict[str, float] = field(default_factory=dict)
     output_logits: torch.Tensor | None = None
     attention_layers: tuple[str, ...] = ()
+    sigmoid_output: bool = False
 
     @property
     def grid(self) -> TokenGrid:
@@ -84,9 +94,12 @@ class CamResult:
 
         The softmax of the model's own output (not of a score layer before its
         output activation); an output that already is a distribution (a
-        softmax head) is returned as it is.
+        softmax head) is returned as it is; one output is a logit (its sigmoid)
+        unless the model ends in a sigmoid (:func:`as_probabilities`).
         """
-        return as_probabilities(self.output_logits if self.output_logits is not None else self.logits)
+        return as_probabilities(
+            self.output_logits if self.output_logits is not None else self.logits, sigmoid_output=self.sigmoid_output
+        )
 
     def numpy(self) -> np.ndarray:
         """The voxel map as a float32 numpy array (B, D, H, W)."""
@@ -251,6 +264,7 @@ class _Run:
     out_shape: tuple[int, int, int] | None
     score_name: str | None
     timings: dict[str, float] = field(default_factory=dict)
+    sigmoid_output: bool = False
 
     @classmethod
     def start(
@@ -265,7 +279,9 @@ class _Run:
         """The run of ``model`` on the (B, C, D, H, W) batch ``x``, on the model's device."""
         report = progress or (lambda stage: None)
         input_shape = tuple(int(s) for s in x.shape[2:])
-        return cls(model_device(model), report, input_shape, upsample, out_shape, score_name)
+        return cls(
+            model_device(model), report, input_shape, upsample, out_shape, score_name, {}, ends_in_sigmoid(model)
+        )
 
     def result(
         self,
@@ -304,6 +320,7 @@ class _Run:
             score_layer=self.score_name,
             timings=self.timings,
             attention_layers=attention_layers,
+            sigmoid_output=self.sigmoid_output,
         )
 
 

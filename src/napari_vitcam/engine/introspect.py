@@ -81,6 +81,12 @@ def model_dtype(model: nn.Module) -> torch.dtype | None:
     return None
 
 
+def ends_in_sigmoid(model: nn.Module) -> bool:
+    """Whether the model's last registered leaf module is a sigmoid: its outputs are then probabilities already."""
+    leaves = [module for module in model.modules() if next(module.children(), None) is None]
+    return bool(leaves) and isinstance(leaves[-1], nn.Sigmoid)
+
+
 def model_device(model: nn.Module) -> torch.device:
     for parameter in model.parameters():
         return parameter.device

@@ -52,7 +52,7 @@ from napari_vitcam.engine.explainers.base import (
     LayerExplainer,
     PerturbationExplainer,
 )
-from napari_vitcam.engine.introspect import check_input, model_device, resolve_module
+from napari_vitcam.engine.introspect import check_input, ends_in_sigmoid, model_device, resolve_module
 from napari_vitcam.engine.token_grid import Layout, TokenGrid
 from napari_vitcam.engine.voxel_map import tokens_to_voxels
 
@@ -82,6 +82,7 @@ class Sweep:
     method: str
     timings: dict[str, float] = field(default_factory=dict)
     output_logits: torch.Tensor | None = None
+    sigmoid_output: bool = False
 
     @property
     def probabilities(self) -> torch.Tensor:
@@ -90,7 +91,9 @@ class Sweep:
         As :attr:`~napari_vitcam.engine.cam.CamResult.probabilities`: an output that already is a
         distribution (a softmax head) is returned as it is.
         """
-        return as_probabilities(self.output_logits if self.output_logits is not None else self.logits)
+        return as_probabilities(
+            self.output_logits if self.output_logits is not None else self.logits, sigmoid_output=self.sigmoid_output
+        )
 
 
 def _default_targets(model: nn.Module, x: torch.Tensor, score_layer) -> list[str]:
@@ -188,6 +191,7 @@ def sweep_blocks(
         method=explainer.name,
         timings=timings,
         output_logits=own_logits,
+        sigmoid_output=ends_in_sigmoid(model),
     )
 
 
@@ -243,7 +247,7 @@ def sweep_classes(
             runs.append(run)
         return _stack_classes(runs[0].logits, [r.token_cam for r in runs], [r.cam for r in runs],
                               [r.grid for r in runs], wanted, class_names, explainer.name, timings,
-                              runs[0].output_logits)  # fmt: skip
+                              runs[0].output_logits, ends_in_sigmoid(model))  # fmt: skip
     with ExitStack() as stack:
         stack.enter_context(model_lock(model))  # one explanation at a time per model
         stack.enter_context(eval_mode(model))
@@ -312,10 +316,23 @@ def sweep_classes(
             cams.append(tokens_to_voxels(token_cam, token_layout.grid, out_shape, mode=upsample))
     _sync(device)
     timings["backward+map"] = time.perf_counter() - start
-    return _stack_classes(logits, token_cams, cams, grids, wanted, class_names, explainer.name, timings, own_logits)
+    return _stack_classes(
+        logits,
+        token_cams,
+        cams,
+        grids,
+        wanted,
+        class_names,
+        explainer.name,
+        timings,
+        own_logits,
+        ends_in_sigmoid(model),
+    )
 
 
-def _stack_classes(logits, token_cams, cams, grids, wanted, class_names, method, timings, own_logits=None) -> Sweep:
+def _stack_classes(
+    logits, token_cams, cams, grids, wanted, class_names, method, timings, own_logits=None, sigmoid_output=False
+) -> Sweep:
     names = tuple(class_names[c] if c < len(class_names) else class_label(c) for c in wanted)
     batch = logits.shape[0]
     return Sweep(
@@ -328,4 +345,5 @@ def _stack_classes(logits, token_cams, cams, grids, wanted, class_names, method,
         method=method,
         timings=timings,
         output_logits=own_logits,
+        sigmoid_output=sigmoid_output,
     )

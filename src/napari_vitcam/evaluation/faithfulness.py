@@ -37,7 +37,7 @@ from torch import nn
 from napari_vitcam.core.errors import Cancelled, InputError
 from napari_vitcam.engine.cam import as_probabilities
 from napari_vitcam.engine.capture import eval_mode, model_lock
-from napari_vitcam.engine.introspect import read_logits
+from napari_vitcam.engine.introspect import ends_in_sigmoid, read_logits
 from napari_vitcam.engine.token_grid import TokenGrid
 
 Mode = Literal["deletion", "insertion"]
@@ -307,9 +307,11 @@ class _Prober:
         self.n = grid.n_tokens
         self.class_idx = class_idx
         self.batch_size = max(1, int(batch_size))
+        self.sigmoid_output = ends_in_sigmoid(model)
 
     def probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
-        return as_probabilities(read_logits(self.model(inputs)))[:, self.class_idx]
+        scores = read_logits(self.model(inputs))
+        return as_probabilities(scores, sigmoid_output=self.sigmoid_output)[:, self.class_idx]
 
     def voxel_ranks(self, order: torch.Tensor) -> torch.Tensor:
         """(D, H, W): each voxel's cell's place in ``order``; voxels outside the grid rank last (never hidden)."""
