@@ -173,17 +173,30 @@ def _reference(run: ExplainDone, reference: tuple[VolumeSelection, object] | Non
 OCCLUSION = "occlusion"
 
 
+RunKey = tuple[tuple, tuple]
+"""What a result depends on: objects compared by identity (model, layer, arrays), and settings compared by value."""
+
+
+def explained_input(run: ExplainDone) -> RunKey:
+    """What ``run`` explained: the model, the layer and its data read, the selection, the class and the grid."""
+    request, explanation = run.request, run.explanation
+    objects = (request.loaded, request.source, request.data)
+    return objects, (request.selection, explanation.class_idx, explanation.token_cam.shape)
+
+
+def same_key(a: RunKey, b: RunKey) -> bool:
+    """The same objects and equal settings."""
+    (objects_a, values_a), (objects_b, values_b) = a, b
+    return (
+        len(objects_a) == len(objects_b)
+        and all(x is y for x, y in zip(objects_a, objects_b, strict=True))
+        and values_a == values_b
+    )
+
+
 def same_volume_and_class(run: ExplainDone, other: ExplainDone) -> bool:
     """Whether ``other`` explains what ``run`` explains: the same model, layer data, selection, class and grid."""
-    a, b = run.request, other.request
-    return (
-        a.loaded is b.loaded
-        and a.source is b.source
-        and a.data is b.data
-        and a.selection == b.selection
-        and run.explanation.class_idx == other.explanation.class_idx
-        and run.explanation.token_cam.shape == other.explanation.token_cam.shape
-    )
+    return same_key(explained_input(run), explained_input(other))
 
 
 def model_task(
@@ -286,12 +299,6 @@ def chance_task(run: ExplainDone) -> Task:
         return result
 
     return task
-
-
-def _same_key(a: tuple[tuple, tuple], b: tuple[tuple, tuple]) -> bool:
-    """Two :meth:`EvaluatePanel._curves_key` keys: the same objects (model, arrays) and equal settings."""
-    (objects_a, values_a), (objects_b, values_b) = a, b
-    return all(x is y for x, y in zip(objects_a, objects_b, strict=True)) and values_a == values_b
 
 
 # ------------------------------------------------------------------------ the plot
@@ -402,8 +409,8 @@ class EvaluatePanel(QGroupBox):
         self.run: ExplainDone | None = None
         self.layer: Image | None = None
         self.occlusion_run: ExplainDone | None = None
-        self._band: tuple[tuple[tuple, tuple], Faithfulness] | None = None  # the last curves and what they are of
-        self._band_key: tuple[tuple, tuple] | None = None  # what the running curves are computed for
+        self._band: tuple[RunKey, Faithfulness] | None = None  # the last curves and what they are of
+        self._band_key: RunKey | None = None  # what the running curves are computed for
         self.results: dict[str, object] = {}
         self._job: Job | None = None
         self._kind = ""
@@ -662,7 +669,7 @@ class EvaluatePanel(QGroupBox):
             reference,
             occlusion=self.comparable_occlusion(),
             make_occlusion=self.occlusion_check.isChecked(),
-            band=self._band[1] if self._band is not None and _same_key(self._band[0], key) else None,
+            band=self._band[1] if self._band is not None and same_key(self._band[0], key) else None,
         )
         started = self._start("model", task)
         if started:
@@ -670,20 +677,11 @@ class EvaluatePanel(QGroupBox):
         return started
 
     @staticmethod
-    def _curves_key(
-        run: ExplainDone, baseline: str, reference: tuple[VolumeSelection, object] | None
-    ) -> tuple[tuple, tuple]:
-        """What a random band depends on: the model and the arrays read (by identity), the rest by value."""
-        request = run.request
-        objects = (request.loaded, request.data, None if reference is None else reference[1])
-        settings = (
-            request.selection,
-            run.explanation.class_idx,
-            run.explanation.device,
-            baseline,
-            None if reference is None else reference[0],
-        )
-        return objects, settings
+    def _curves_key(run: ExplainDone, baseline: str, reference: tuple[VolumeSelection, object] | None) -> RunKey:
+        """What a random band depends on: what the run explained, its device, the baseline and its reference."""
+        objects, settings = explained_input(run)
+        reference_selection, reference_data = (None, None) if reference is None else reference
+        return (*objects, reference_data), (*settings, run.explanation.device, baseline, reference_selection)
 
     def compare_baselines(self) -> bool:
         """The curves for every baseline (and the reference layer, when the baseline is ``reference``)."""

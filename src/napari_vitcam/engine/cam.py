@@ -280,7 +280,13 @@ class _Run:
         report = progress or (lambda stage: None)
         input_shape = tuple(int(s) for s in x.shape[2:])
         return cls(
-            model_device(model), report, input_shape, upsample, out_shape, score_name, {}, ends_in_sigmoid(model)
+            model_device(model),
+            report,
+            input_shape,
+            upsample,
+            out_shape,
+            score_name,
+            sigmoid_output=ends_in_sigmoid(model),
         )
 
     def result(

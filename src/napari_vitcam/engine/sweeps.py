@@ -247,7 +247,7 @@ def sweep_classes(
             runs.append(run)
         return _stack_classes(runs[0].logits, [r.token_cam for r in runs], [r.cam for r in runs],
                               [r.grid for r in runs], wanted, class_names, explainer.name, timings,
-                              runs[0].output_logits, ends_in_sigmoid(model))  # fmt: skip
+                              runs[0].output_logits, runs[0].sigmoid_output)  # fmt: skip
     with ExitStack() as stack:
         stack.enter_context(model_lock(model))  # one explanation at a time per model
         stack.enter_context(eval_mode(model))

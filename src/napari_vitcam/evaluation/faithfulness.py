@@ -362,6 +362,11 @@ def ranked_order(values: torch.Tensor, generator: torch.Generator) -> torch.Tens
     return shuffle[torch.argsort(flat[shuffle], descending=True, stable=True)]
 
 
+def _tie_breaker(seed: int) -> torch.Generator:
+    """The generator that orders a map's tied cells: apart from the random orders', so the band does not depend on the maps."""
+    return torch.Generator(device="cpu").manual_seed(seed + 1)
+
+
 def _counts(n: int, steps: int) -> list[int]:
     """How many cells each of ``steps + 1`` points hides, from 0 to ``n``; the list is its own mirror (c and n - c)."""
     half = {round(n * i / steps) for i in range(steps // 2 + 1)}
@@ -517,7 +522,7 @@ def deletion_and_insertion(
     n = grid.n_tokens
     plan = _CurvePlan(n, tuple(_counts(n, steps)), tuple(dict.fromkeys(modes)), len(maps), random_orders)
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    ties = torch.Generator(device="cpu").manual_seed(seed + 1)  # apart, so the band does not depend on the maps
+    ties = _tie_breaker(seed)
     with model_lock(model), torch.no_grad(), eval_mode(model):
         fill = baseline_input(x, baseline, grid, reference=reference, seed=seed)
         prober = _Prober(model, x, fill, grid, int(class_idx), batch_size)
@@ -656,7 +661,7 @@ def agreement(
     with model_lock(model), torch.no_grad(), eval_mode(model):
         fill = baseline_input(x, baseline, grid, reference=reference, seed=seed)
         prober = _Prober(model, x, fill, grid, int(class_idx), batch_size)
-        ties = torch.Generator(device="cpu").manual_seed(seed + 1)
+        ties = _tie_breaker(seed)
         orders = [ranked_order(values, ties).to(x.device)]
         orders += [torch.randperm(n, generator=generator).to(x.device) for _ in range(draws)]
         whole = [] if probability is not None else [(0, 0)]
